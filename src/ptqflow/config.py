@@ -1,0 +1,199 @@
+"""Typed parameters: each `params.yaml` section is a dataclass, validated once when a stage starts.
+
+`load_section(Cls, "name")` reads `params.yaml`, rejects unknown keys (with a spelling hint), wrong
+types and out-of-range values with one `PtqflowError` that names the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import PtqflowError
+
+PARAMS_FILE = "params.yaml"
+
+
+# --------------------------------------------------------------------------------------------- schema
+@dataclass
+class DataParams:
+    source: str = "data/raw/ag_news"  # local folder (CSV / Parquet / JSONL) or a Hub dataset id
+    val_fraction: float = 0.1  # stratified share of train held out for validation
+    max_train_samples: int | None = None  # stratified cap on train rows (before the val split)
+    max_test_samples: int | None = None  # stratified cap on test rows; None = the whole test split
+    max_length: int = 128  # tokens per example after truncation
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
+        _check(self.max_length >= 8, "data.max_length", "an integer >= 8", self.max_length)
+        for key in ("max_train_samples", "max_test_samples"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, f"data.{key}", "a positive integer or null", v)
+
+
+@dataclass
+class ModelParams:
+    base: str = "models/base/gpt2"  # tokenizer + architecture config folder (written by `ptqflow assets`)
+    init: Literal["scratch", "pretrained"] = "scratch"
+    pretrained: str = "gpt2"  # Hub id or local folder with weights, used when init = pretrained
+    overrides: dict[str, int] = field(default_factory=dict)  # config fields for init = scratch
+
+    def __post_init__(self) -> None:
+        allowed = {"n_layer", "n_embd", "n_head", "n_positions", "n_inner"}
+        for key, value in self.overrides.items():
+            _check(key in allowed, f"model.overrides.{key}", f"one of {sorted(allowed)}", key)
+            _check(isinstance(value, int) and value > 0, f"model.overrides.{key}", "a positive integer", value)
+
+
+@dataclass
+class TrainParams:
+    lr: float = 5e-4
+    batch_size: int = 32
+    epochs: float = 2
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    seed: int = 42
+    eval_batch_size: int = 128
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        _check(self.batch_size > 0, "train.batch_size", "an integer > 0", self.batch_size)
+        _check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _check(self.eval_batch_size > 0, "train.eval_batch_size", "an integer > 0", self.eval_batch_size)
+
+
+@dataclass
+class LatencyParams:
+    batch_size: int = 16  # the report's batch; rows are padded to data.max_length
+    warmup: int = 5
+    iters: int = 30
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None = torch's default
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, "eval.latency.batch_size", "an integer > 0", self.batch_size)
+        _check(self.warmup >= 0, "eval.latency.warmup", "an integer >= 0", self.warmup)
+        _check(self.iters >= 1, "eval.latency.iters", "an integer >= 1", self.iters)
+
+
+@dataclass
+class EvalParams:
+    batch_size: int = 128  # prediction batch over the test split
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    latency: LatencyParams = field(default_factory=LatencyParams)
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, "eval.batch_size", "an integer > 0", self.batch_size)
+
+
+@dataclass
+class ReportParams:
+    size_unit: Literal["MiB", "MB"] = "MiB"
+    baseline: str = "fp32"
+
+
+# ------------------------------------------------------------------------------------------ machinery
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise PtqflowError(f"{PARAMS_FILE}: {key} must be {expected}, got {got!r}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except PtqflowError:
+                continue
+        raise PtqflowError(f"{PARAMS_FILE}: {key} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict):
+            _, vtp = typing.get_args(tp)
+            return {k: _coerce(v, vtp, f"{key}.{k}") for k, v in value.items()}
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise PtqflowError(f"{PARAMS_FILE}: {key} must be {_type_name(tp)}, got {value!r}")
+
+
+def build(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass `cls` from the mapping `raw` (the params section at `where`), or raise PtqflowError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PtqflowError(f"{PARAMS_FILE}: {where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(names)})"
+            raise PtqflowError(f"{PARAMS_FILE}: unknown key {where}.{key}{extra}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PtqflowError(f"parameter file {path} not found (run from the project root)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PtqflowError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise PtqflowError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def load_section(cls: type, name: str, params: dict) -> Any:
+    """Validate section `name` of the loaded params as dataclass `cls`."""
+    return build(cls, params.get(name), name)
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)

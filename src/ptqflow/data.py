@@ -1,0 +1,252 @@
+"""Read a labelled text dataset, split it, tokenize it, write the prepared splits.
+
+Accepted sources (`data.source` in params.yaml):
+- a local folder with `train.<ext>` and `test.<ext>`, ext one of csv, parquet, jsonl/json, with columns
+  `text` and `label` (label an int id or a class-name string; class names from `classes.txt` when present);
+- the original 3-column AG News CSV (no header: class 1-4, title, description), text = title + " " + description;
+- a Hugging Face Hub dataset id (for example `fancyzhx/ag_news`), loaded with `datasets.load_dataset`.
+
+Rows whose text is missing or blank are dropped and counted; duplicate rows are kept and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset, DatasetDict
+from sklearn.model_selection import train_test_split
+
+from .config import DataParams
+from .errors import PtqflowError
+
+SPLITS = ("train", "test")
+EXTENSIONS = (".csv", ".parquet", ".jsonl", ".json")
+
+
+# ------------------------------------------------------------------------------------------- reading
+def find_split_file(folder: Path, split: str) -> Path:
+    found = [folder / f"{split}{ext}" for ext in EXTENSIONS if (folder / f"{split}{ext}").is_file()]
+    if not found:
+        raise PtqflowError(f"{folder}: no {split} file ({', '.join(split + e for e in EXTENSIONS)})")
+    if len(found) > 1:
+        raise PtqflowError(f"{folder}: several {split} files ({', '.join(p.name for p in found)}); keep one")
+    return found[0]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """One split file as a frame with columns text, label (label still raw: int or string)."""
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        elif path.suffix in (".jsonl", ".json"):
+            df = pd.read_json(path, lines=path.suffix == ".jsonl" or _looks_like_jsonl(path))
+        else:
+            df = _read_csv(path)
+    except PtqflowError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise PtqflowError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise PtqflowError(f"{path}: cannot be parsed: {str(exc).splitlines()[0]}") from None
+    if df.empty:
+        raise PtqflowError(f"{path}: no data rows")
+    missing = [c for c in ("text", "label") if c not in df.columns]
+    if missing:
+        raise PtqflowError(f"{path}: no {' or '.join(repr(c) for c in missing)} column (columns: {', '.join(map(str, df.columns))})")
+    return df[["text", "label"]]
+
+
+def _looks_like_jsonl(path: Path) -> bool:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read(1) != "["
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        raise PtqflowError(f"{path}: empty file")
+    head = pd.read_csv(path, nrows=1, header=None, dtype=str, encoding="utf-8")
+    first = [str(v).strip().lower() for v in head.iloc[0].tolist()]
+    if "text" in first or "label" in first:
+        return pd.read_csv(path, encoding="utf-8", keep_default_na=False, na_values=[""], dtype={"text": str})
+    if len(first) == 3 and first[0].isdigit():  # the original AG News layout: class 1-4, title, description
+        raw = pd.read_csv(path, header=None, names=["cls", "title", "description"], encoding="utf-8", keep_default_na=False)
+        text = raw["title"].astype(str).str.strip() + " " + raw["description"].astype(str).str.strip()
+        return pd.DataFrame({"text": text.str.strip(), "label": raw["cls"].astype(int) - 1})
+    raise PtqflowError(f"{path}: expected a header with 'text' and 'label', or the 3-column AG News layout (class, title, description)")
+
+
+def read_classes(folder: Path) -> list[str] | None:
+    path = folder / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) < 2:
+        raise PtqflowError(f"{path}: needs at least two class names, one per line")
+    return names
+
+
+def encode_labels(df: pd.DataFrame, classes: list[str] | None, where: str) -> tuple[pd.Series, list[str]]:
+    """Map raw labels to int ids 0..K-1; returns the ids and the class names."""
+    raw = df["label"]
+    if pd.api.types.is_integer_dtype(raw) or pd.api.types.is_float_dtype(raw) and raw.dropna().mod(1).eq(0).all():
+        if raw.isna().any():
+            raise PtqflowError(f"{where}: missing label in row {int(raw.isna().to_numpy().argmax()) + 2}")
+        ids = raw.astype(int)
+        names = classes or [str(i) for i in range(int(ids.max()) + 1)]
+        bad = ids[(ids < 0) | (ids >= len(names))]
+        if len(bad):
+            raise PtqflowError(f"{where}: label {bad.iloc[0]} in row {bad.index[0] + 2} is outside 0..{len(names) - 1}")
+        return ids, names
+    strings = raw.astype(str).str.strip()
+    names = classes or sorted(strings.unique())
+    index = {n: i for i, n in enumerate(names)}
+    unknown = strings[~strings.isin(index)]
+    if len(unknown):
+        raise PtqflowError(f"{where}: label {unknown.iloc[0]!r} in row {unknown.index[0] + 2} is not a known class ({', '.join(names)})")
+    return strings.map(index).astype(int), names
+
+
+def load_source(source: str) -> tuple[dict[str, pd.DataFrame], list[str], str]:
+    """Train and test frames (text, label as int id), class names, and a content hash of the inputs."""
+    folder = Path(source)
+    if folder.is_dir():
+        classes = read_classes(folder)
+        frames, digest = {}, hashlib.sha256()
+        for split in SPLITS:
+            path = find_split_file(folder, split)
+            digest.update(path.read_bytes())
+            frames[split] = read_table(path)
+        if classes is None:  # one shared mapping for string labels: the sorted union of both splits
+            if not all(pd.api.types.is_numeric_dtype(f["label"]) for f in frames.values()):
+                classes = sorted(set().union(*(set(f["label"].astype(str).str.strip()) for f in frames.values())))
+            else:
+                top = max(int(f["label"].max()) for f in frames.values())
+                classes = [str(i) for i in range(top + 1)]
+        for split in SPLITS:
+            frames[split]["label"], _ = encode_labels(frames[split], classes, str(find_split_file(folder, split)))
+        return frames, classes, "sha256:" + digest.hexdigest()
+    if "/" in source and not source.startswith((".", "/")) and source.count("/") == 1:
+        return _load_hub(source)
+    raise PtqflowError(f"data.source {source!r}: no such folder (run `ptqflow assets`, or give a Hub dataset id like fancyzhx/ag_news)")
+
+
+def _load_hub(name: str) -> tuple[dict[str, pd.DataFrame], list[str], str]:
+    from datasets import load_dataset
+
+    from .assets import require_hub
+
+    require_hub(f"data.source {name!r}", "point data.source at a local folder (`ptqflow assets` copies AG News to data/raw/ag_news)")
+    try:
+        ds = load_dataset(name)
+    except Exception as exc:  # noqa: BLE001 - the Hub raises many types when unreachable
+        raise PtqflowError(
+            f"cannot load dataset {name!r} from the Hugging Face Hub ({type(exc).__name__}); offline, point "
+            f"data.source at a local folder (`ptqflow assets` copies AG News to data/raw/ag_news)"
+        ) from None
+    classes = list(ds["train"].features["label"].names)
+    frames = {s: ds[s].to_pandas()[["text", "label"]] for s in SPLITS}
+    return frames, classes, "hub:" + name + ":" + ds["train"]._fingerprint + ds["test"]._fingerprint
+
+
+# --------------------------------------------------------------------------------------- preparation
+def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Drop rows with missing or blank text; returns the frame, rows dropped, duplicate rows (kept)."""
+    text = df["text"]
+    keep = text.notna() & text.astype(str).str.strip().ne("")
+    out = df[keep].reset_index(drop=True)
+    out["text"] = out["text"].astype(str)
+    return out, int((~keep).sum()), int(out.duplicated().sum())
+
+
+def stratified_take(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """A seeded, label-stratified subset of n rows (all rows when n is None or >= len)."""
+    if n is None or n >= len(df):
+        return df
+    kept, _ = train_test_split(df, train_size=n, stratify=_stratify(df), random_state=seed)
+    return kept.sort_index().reset_index(drop=True)
+
+
+def _stratify(df: pd.DataFrame) -> pd.Series | None:
+    counts = df["label"].value_counts()
+    return df["label"] if counts.min() >= 2 else None
+
+
+def split_frames(frames: dict[str, pd.DataFrame], params: DataParams) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Clean, cap and split: returns {train, validation, test} and counts for metrics/data.json."""
+    counts: dict = {"dropped_empty_text": {}, "duplicate_rows": {}}
+    cleaned = {}
+    for split, df in frames.items():
+        cleaned[split], dropped, dups = clean(df)
+        counts["dropped_empty_text"][split] = dropped
+        counts["duplicate_rows"][split] = dups
+        if cleaned[split].empty:
+            raise PtqflowError(f"{split} split has no rows with text")
+    missing = sorted(set(cleaned["test"]["label"]) - set(cleaned["train"]["label"]))
+    if missing:
+        raise PtqflowError(f"class id(s) {missing} appear in test but not in train: the model could never predict them")
+    train = stratified_take(cleaned["train"], params.max_train_samples, params.seed)
+    test = stratified_take(cleaned["test"], params.max_test_samples, params.seed)
+    n_val = max(int(round(len(train) * params.val_fraction)), train["label"].nunique())
+    if n_val >= len(train):
+        raise PtqflowError(f"data.val_fraction {params.val_fraction} leaves no training rows out of {len(train)}")
+    tr, val = train_test_split(train, test_size=n_val, stratify=_stratify(train), random_state=params.seed)
+    return {"train": tr.reset_index(drop=True), "validation": val.reset_index(drop=True), "test": test}, counts
+
+
+def tokenize(splits: dict[str, pd.DataFrame], tokenizer, max_length: int) -> DatasetDict:
+    """Tokenize (truncate to max_length, no padding: the collator pads each batch)."""
+
+    def encode(batch):
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    out = DatasetDict()
+    for name, df in splits.items():
+        ds = Dataset.from_pandas(df[["text", "label"]].rename(columns={"label": "labels"}), preserve_index=False)
+        out[name] = ds.map(encode, batched=True, desc=f"tokenize {name}")
+    return out
+
+
+def class_counts(splits: dict[str, pd.DataFrame], classes: list[str]) -> dict:
+    return {
+        name: {"rows": len(df), "per_class": {classes[k]: int(v) for k, v in sorted(Counter(df["label"]).items())}}
+        for name, df in splits.items()
+    }
+
+
+# ------------------------------------------------------------------------------------ the stage's job
+def prepare(params: DataParams, tokenizer, out_dir: str | Path) -> dict:
+    """Read `params.source`, split and tokenize it into `out_dir` (atomically); returns metrics/data.json."""
+    from .io import atomic_dir, write_json
+
+    frames, classes, content_hash = load_source(params.source)
+    splits, counts = split_frames(frames, params)
+    encoded = tokenize(splits, tokenizer, params.max_length)
+    truncated = {n: int(sum(len(x) >= params.max_length for x in ds["input_ids"])) for n, ds in encoded.items()}
+    meta = {"classes": classes, "max_length": params.max_length, "source": params.source, "content_hash": content_hash}
+    with atomic_dir(out_dir) as tmp:
+        encoded.save_to_disk(str(tmp))
+        write_json(tmp / "meta.json", meta)
+    return {
+        "source": params.source,
+        "content_hash": content_hash,
+        "classes": classes,
+        "splits": class_counts(splits, classes),
+        "truncated_to_max_length": truncated,
+        **counts,
+    }
+
+
+def load_prepared(path: str | Path) -> tuple[DatasetDict, dict]:
+    """The prepared splits and their meta (classes, max_length, source)."""
+    from datasets import load_from_disk
+
+    from .io import read_json
+
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise PtqflowError(f"{path}: no prepared data (run the prepare stage: dvc repro prepare)")
+    return load_from_disk(str(path)), read_json(path / "meta.json")

@@ -1,0 +1,19 @@
+"""One error type for problems a user can fix, and the wrapper that turns it into one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class PtqflowError(Exception):
+    """A problem with the user's input, parameters or environment: printed as one line, exit code 2."""
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run an entry point; a PtqflowError becomes `error: <message>` on stderr and exit status 2."""
+    try:
+        main()
+    except PtqflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

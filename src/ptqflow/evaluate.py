@@ -1,0 +1,121 @@
+"""Evaluate one variant: predict the test split from its saved artifact, score it, time it, size it.
+
+Scores come from scikit-learn: accuracy, macro precision / recall / F1, and per class precision, recall,
+F1, support and one-vs-rest accuracy, (N - FP_k - FN_k) / N, as in the report's Tables 2-5.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from tqdm.auto import tqdm
+
+from .benchmark import environment, measure_latency, size_record
+from .config import EvalParams
+from .data import load_prepared
+from .modeling import pick_device
+from .quantize import load_variant
+from .quantize.common import weights_bytes
+
+
+def pad_batch(rows: list[list[int]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists to `length` (default: the longest row) with an attention mask."""
+    length = length or max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, input_ids: list[list[int]], batch_size: int, pad_id: int, desc: str = "predict") -> np.ndarray:
+    """Arg-max class of each example, in order; batches padded to their longest row."""
+    device = next(model.parameters()).device
+    preds = []
+    for start in tqdm(range(0, len(input_ids), batch_size), desc=desc, unit="batch"):
+        batch = pad_batch(input_ids[start : start + batch_size], pad_id)
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        preds.append(logits.argmax(-1).cpu().numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=int)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro P/R/F1, per-class P/R/F1/support/one-vs-rest accuracy, and the confusion matrix."""
+    labels = list(range(len(classes)))
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    pc, rc, fc, sc = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    n = int(cm.sum())
+    per_class = {}
+    for k, name in enumerate(classes):
+        fp, fn = int(cm[:, k].sum() - cm[k, k]), int(cm[k, :].sum() - cm[k, k])
+        per_class[name] = {
+            "accuracy": (n - fp - fn) / n if n else 0.0,
+            "precision": float(pc[k]),
+            "recall": float(rc[k]),
+            "f1": float(fc[k]),
+            "support": int(sc[k]),
+        }
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision_macro": float(p),
+        "recall_macro": float(r),
+        "f1_macro": float(f),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": classes, "matrix": cm.tolist()},
+    }
+
+
+def memory_footprint(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as held in memory (transformers' get_memory_footprint)."""
+    if hasattr(model, "get_memory_footprint"):
+        return int(model.get_memory_footprint())
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def evaluate_variant(
+    variant: str, raw_variant: dict, artifact_dir: str | Path, prepared_dir: str | Path, params: EvalParams
+) -> tuple[dict, pd.DataFrame]:
+    """Metrics JSON and a predictions frame (actual, predicted class names) for one variant."""
+    if params.latency.threads:
+        torch.set_num_threads(params.latency.threads)
+    device = pick_device(params.device)
+    data, meta = load_prepared(prepared_dir)
+    classes, test = meta["classes"], data["test"]
+    model, qmeta = load_variant(variant, raw_variant, artifact_dir, device)
+    pad_id = model.config.pad_token_id
+
+    start = time.perf_counter()
+    y_pred = predict(model, test["input_ids"], params.batch_size, pad_id, desc=f"evaluate@{variant}")
+    predict_s = time.perf_counter() - start
+    y_true = np.asarray(test["labels"])
+
+    lat = params.latency
+    rows = [test["input_ids"][i % len(test)] for i in range(lat.batch_size)]
+    batch = pad_batch(rows, pad_id, length=meta["max_length"])
+    latency = measure_latency(model, batch, lat.warmup, lat.iters)
+
+    metrics = {
+        "variant": variant,
+        "scheme": qmeta["scheme"],
+        "options": qmeta["options"],
+        "runtime_dtype": qmeta.get("runtime_dtype"),
+        "quantization": {k: v for k, v in qmeta.items() if k not in ("variant", "scheme", "options", "runtime_dtype")},
+        **classification_metrics(y_true, y_pred, classes),
+        "test_rows": int(len(y_true)),
+        "size_on_disk": {**size_record(weights_bytes(Path(artifact_dir))), "what": "*.safetensors weight files"},
+        "memory_footprint": {**size_record(memory_footprint(model)), "what": "parameters + buffers in memory"},
+        "latency": latency,
+        "predict_wall_s": round(predict_s, 3),
+        "environment": environment(device),
+    }
+    predictions = pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]})
+    return metrics, predictions

@@ -1,0 +1,120 @@
+"""`bnb_int8` (LLM.int8) and `bnb_nf4` (4-bit NormalFloat, double quantization): bitsandbytes via transformers.
+
+transformers replaces GPT-2's `Conv1D` projections (4 per block) with bitsandbytes modules when the
+fine-tuned model is loaded with a `BitsAndBytesConfig`; embeddings, layer norms and the classification
+head `score` stay in full precision. `quantize` checks exactly that: every Conv1D became a bitsandbytes
+layer, none is left, `score` is a plain float Linear, and records the counts. The quantized model is
+saved with `save_pretrained` (safetensors) and loaded from there by `evaluate`.
+
+LLM.int8 (Dettmers et al., 2022): int8 weights with a per-row absmax scale; at run time activation columns
+whose magnitude exceeds `llm_int8_threshold` are multiplied in 16/32-bit, the rest in int8 (threshold 0
+disables that outlier decomposition). NF4: 4-bit codes of a normal-quantile code book per block of 64
+weights, block absmax constants themselves quantized to 8 bits (double quantization); matrix products
+run in `compute_dtype` after dequantizing each block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import BitsAndBytesConfig, GPT2ForSequenceClassification
+
+from ..errors import PtqflowError
+from .common import count_conv1d, load_finetuned, runtime_device
+from .registry import Scheme
+
+KEEP_FULL_PRECISION = ["score"]  # the classification head
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Int8BnbOptions:
+    llm_int8_threshold: float = 6.0  # bitsandbytes' default; 0 turns the outlier decomposition off
+
+    def __post_init__(self) -> None:
+        if self.llm_int8_threshold < 0:
+            raise PtqflowError(f"params.yaml: llm_int8_threshold must be >= 0, got {self.llm_int8_threshold}")
+
+
+@dataclass
+class Nf4BnbOptions:
+    compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    double_quant: bool = True
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+
+
+def int8_config(options: Int8BnbOptions) -> BitsAndBytesConfig:
+    return BitsAndBytesConfig(
+        load_in_8bit=True, llm_int8_threshold=options.llm_int8_threshold, llm_int8_skip_modules=KEEP_FULL_PRECISION
+    )
+
+
+def nf4_config(options: Nf4BnbOptions) -> BitsAndBytesConfig:
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=options.quant_type,
+        bnb_4bit_use_double_quant=options.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[options.compute_dtype],
+        llm_int8_skip_modules=KEEP_FULL_PRECISION,
+    )
+
+
+def bnb_module_types() -> tuple[type, ...]:
+    import bitsandbytes as bnb
+
+    return (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+
+
+def check_replaced(model: torch.nn.Module, expected: int) -> int:
+    """Assert every Conv1D projection became a bitsandbytes layer and the head stayed full precision."""
+    replaced = sum(isinstance(m, bnb_module_types()) for m in model.modules())
+    left = count_conv1d(model)
+    head = model.score
+    if replaced != expected or left:
+        raise PtqflowError(f"bitsandbytes replaced {replaced} of {expected} Conv1D projections ({left} left unquantized)")
+    if isinstance(head, bnb_module_types()) or not head.weight.is_floating_point():
+        raise PtqflowError("the classification head `score` was quantized; it must stay in full precision")
+    return replaced
+
+
+def _quantize_with(config: BitsAndBytesConfig, src_dir: Path, out_dir: Path) -> dict:
+    expected = count_conv1d(load_finetuned(src_dir))
+    device = runtime_device()
+    model = GPT2ForSequenceClassification.from_pretrained(str(src_dir), quantization_config=config, device_map=device.type)
+    replaced = check_replaced(model, expected)
+    model.save_pretrained(str(out_dir))
+    return {
+        "quantized_modules": replaced,
+        "conv1d_projections": expected,
+        "kept_full_precision": ["transformer.wte", "transformer.wpe", "layer norms", *KEEP_FULL_PRECISION],
+        "quantized_on": device.type,
+        "n_parameters": model.num_parameters(),
+    }
+
+
+def load_quantized(artifact_dir: Path, device: torch.device) -> torch.nn.Module:
+    model = GPT2ForSequenceClassification.from_pretrained(str(artifact_dir), device_map=device.type)
+    expected = 4 * model.config.n_layer
+    check_replaced(model, expected)
+    return model
+
+
+def quantize_int8(src_dir: Path, out_dir: Path, options: Int8BnbOptions) -> dict:
+    info = _quantize_with(int8_config(options), src_dir, out_dir)
+    return {"runtime_dtype": "int8 weights, LLM.int8 matmul (fp16/fp32 outlier columns)", **info}
+
+
+def quantize_nf4(src_dir: Path, out_dir: Path, options: Nf4BnbOptions) -> dict:
+    info = _quantize_with(nf4_config(options), src_dir, out_dir)
+    return {"runtime_dtype": f"{options.quant_type} weights, {options.compute_dtype} compute", **info}
+
+
+def load(artifact_dir: Path, options, device: torch.device) -> torch.nn.Module:
+    return load_quantized(artifact_dir, device)
+
+
+INT8 = Scheme("bnb_int8", Int8BnbOptions, quantize_int8, load, "bitsandbytes LLM.int8 on the Conv1D projections")
+NF4 = Scheme("bnb_nf4", Nf4BnbOptions, quantize_nf4, load, "bitsandbytes 4-bit NF4 with double quantization")

@@ -1,0 +1,132 @@
+"""Fine-tune the classifier with the Hugging Face `Trainer` (AdamW, linear warm-up/decay, epoch checkpoints).
+
+Multi-GPU comes from the launcher: `torchrun --nproc-per-node N stages/finetune.py` runs the same code
+data-parallel; `train.batch_size` is per device, so the effective batch is batch_size x world size (recorded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+from .config import ModelParams, TrainParams, to_dict
+from .data import load_prepared
+from .errors import PtqflowError
+from .io import atomic_dir
+from .modeling import build_model, configure_padding, device_name, load_tokenizer, max_positions, pick_device
+
+
+def _accuracy(eval_pred) -> dict:
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def finetune(
+    model_params: ModelParams, train_params: TrainParams, prepared_dir: str | Path, out_dir: str | Path, work_dir: str | Path
+) -> dict:
+    """Train on the prepared train split, validate each epoch, save the model (safetensors) to `out_dir`.
+
+    Epoch checkpoints go to `work_dir`; a run with a checkpoint there resumes from it. Returns metrics/train.json.
+    """
+    set_seed(train_params.seed)
+    data, meta = load_prepared(prepared_dir)
+    if meta["max_length"] > max_positions(model_params):
+        raise PtqflowError(
+            f"params.yaml: data.max_length {meta['max_length']} exceeds the model's {max_positions(model_params)} positions"
+        )
+    work_dir = Path(work_dir) / run_fingerprint(model_params, train_params, meta)
+    tokenizer = load_tokenizer(model_params.base)
+    model = build_model(model_params, meta["classes"], tokenizer.pad_token_id)
+    configure_padding(tokenizer, model)
+    device = pick_device(train_params.device)
+
+    args = _training_args(train_params, work_dir, device)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"].remove_columns("text"),
+        eval_dataset=data["validation"].remove_columns("text"),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=_accuracy,
+    )
+    checkpoint = _last_checkpoint(work_dir)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - start
+    final_eval = trainer.evaluate()
+
+    with atomic_dir(out_dir) as tmp:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints only matter for resuming an interrupted run
+
+    history = trainer.state.log_history
+    per_epoch = {}
+    for row in history:
+        if "epoch" not in row:
+            continue
+        ep = per_epoch.setdefault(round(row["epoch"], 2), {"epoch": round(row["epoch"], 2)})
+        if "loss" in row:
+            ep["train_loss"] = row["loss"]
+        if "eval_loss" in row:
+            ep["val_loss"] = row["eval_loss"]
+            ep["val_accuracy"] = row["eval_accuracy"]
+    world = max(args.world_size, 1)
+    return {
+        "epochs": list(per_epoch.values()),
+        "val_accuracy": final_eval["eval_accuracy"],
+        "val_loss": final_eval["eval_loss"],
+        "train_loss": result.training_loss,
+        "wall_time_s": round(wall, 2),
+        "resumed_from_checkpoint": checkpoint is not None,
+        "device": device_name(device),
+        "world_size": world,
+        "effective_batch_size": train_params.batch_size * world * args.gradient_accumulation_steps,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "train_rows": len(data["train"]),
+        "validation_rows": len(data["validation"]),
+        "torch": torch.__version__,
+    }
+
+
+def run_fingerprint(model_params: ModelParams, train_params: TrainParams, data_meta: dict) -> str:
+    """A short hash of everything that determines the run, so a checkpoint is only resumed by the same run."""
+    blob = json.dumps([to_dict(model_params), to_dict(train_params), data_meta], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _training_args(p: TrainParams, work_dir: str | Path, device: torch.device) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        learning_rate=p.lr,
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.eval_batch_size,
+        num_train_epochs=p.epochs,
+        weight_decay=p.weight_decay,
+        warmup_steps=p.warmup_ratio,  # a float in [0, 1) is a share of the total steps
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        seed=p.seed,
+        data_seed=p.seed,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=device.type == "cpu",
+        dataloader_num_workers=0,
+    )
+
+
+def _last_checkpoint(work_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    work_dir = Path(work_dir)
+    return get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None

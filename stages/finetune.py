@@ -1,0 +1,30 @@
+"""Stage `finetune`: train GPT2ForSequenceClassification on data/prepared/ -> models/finetuned/ (safetensors)."""
+
+from ptqflow.cli import stage_parser
+from ptqflow.config import ModelParams, TrainParams, load_params, load_section, to_dict
+from ptqflow.errors import run_cli
+from ptqflow.io import write_json
+from ptqflow.tracking import stage_run
+from ptqflow.train import finetune
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--data", default="data/prepared", help="prepared splits folder")
+    parser.add_argument("--out", default="models/finetuned", help="fine-tuned model folder")
+    parser.add_argument("--metrics", default="metrics/train.json", help="loss per epoch, validation accuracy, wall time")
+    parser.add_argument("--checkpoints", default=".cache/finetune", help="epoch checkpoints (a rerun resumes from them)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    model = load_section(ModelParams, "model", params)
+    train = load_section(TrainParams, "train", params)
+    with stage_run("finetune", not args.no_tracking) as run:
+        run.log_params({"model": to_dict(model), "train": to_dict(train)})
+        metrics = finetune(model, train, args.data, args.out, args.checkpoints)
+        write_json(args.metrics, metrics)
+        run.log_metrics(metrics)
+        run.log_artifact(args.metrics)
+
+
+if __name__ == "__main__":
+    run_cli(main)

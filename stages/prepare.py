@@ -1,0 +1,29 @@
+"""Stage `prepare`: read data.source, carve a stratified validation split, tokenize -> data/prepared/."""
+
+from ptqflow.cli import stage_parser
+from ptqflow.config import DataParams, ModelParams, load_params, load_section, to_dict
+from ptqflow.data import prepare
+from ptqflow.errors import run_cli
+from ptqflow.io import write_json
+from ptqflow.modeling import load_tokenizer
+from ptqflow.tracking import stage_run
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--out", default="data/prepared", help="prepared splits folder")
+    parser.add_argument("--metrics", default="metrics/data.json", help="rows per split and class, input hash")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    data = load_section(DataParams, "data", params)
+    model = load_section(ModelParams, "model", params)
+    with stage_run("prepare", not args.no_tracking) as run:
+        run.log_params({"data": to_dict(data), "model.base": model.base})
+        metrics = prepare(data, load_tokenizer(model.base), args.out)
+        write_json(args.metrics, metrics)
+        run.log_metrics(metrics["splits"])
+        run.log_artifact(args.metrics)
+
+
+if __name__ == "__main__":
+    run_cli(main)

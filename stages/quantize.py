@@ -1,0 +1,27 @@
+"""Stage `quantize@<variant>`: apply the variant's scheme to models/finetuned/ -> models/quantized/<variant>/."""
+
+from ptqflow.cli import stage_parser
+from ptqflow.config import load_params
+from ptqflow.errors import run_cli
+from ptqflow.quantize import quantize_variant
+from ptqflow.tracking import stage_run
+
+
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, help="a key of `variants` in the parameter file")
+    parser.add_argument("--model", default="models/finetuned", help="fine-tuned model folder")
+    parser.add_argument("--out", default=None, help="artifact folder (default: models/quantized/<variant>)")
+    args = parser.parse_args()
+    variants = load_params(args.params).get("variants") or {}
+    out = args.out or f"models/quantized/{args.variant}"
+    with stage_run(f"quantize@{args.variant}", not args.no_tracking) as run:
+        run.log_params({"variant": args.variant, **(variants.get(args.variant) or {})})
+        meta = quantize_variant(args.variant, variants.get(args.variant), args.model, out)
+        run.log_metrics(meta)
+        run.log_artifact(f"{out}/ptqflow.json")
+        print(f"quantize@{args.variant}: {meta}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
