@@ -3,7 +3,6 @@
 from ptqflow.cli import stage_parser
 from ptqflow.config import EvalParams, load_params, load_section, to_dict
 from ptqflow.errors import run_cli
-from ptqflow.evaluate import evaluate_variant
 from ptqflow.io import write_json, write_text
 from ptqflow.tracking import stage_run
 
@@ -16,6 +15,9 @@ def main() -> None:
     parser.add_argument("--metrics", default=None, help="metrics JSON (default: metrics/eval/<variant>.json)")
     parser.add_argument("--predictions", default=None, help="predictions CSV (default: plots/predictions/<variant>.csv)")
     args = parser.parse_args()
+    # heavy imports only now, so that --help answers at once
+    from ptqflow.evaluate import evaluate_variant
+
     params = load_params(args.params)
     evaluation = load_section(EvalParams, "eval", params)
     raw = (params.get("variants") or {}).get(args.variant)

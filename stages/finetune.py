@@ -5,7 +5,6 @@ from ptqflow.config import ModelParams, TrainParams, load_params, load_section, 
 from ptqflow.errors import run_cli
 from ptqflow.io import write_json
 from ptqflow.tracking import stage_run
-from ptqflow.train import finetune
 
 
 def main() -> None:
@@ -15,6 +14,9 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/train.json", help="loss per epoch, validation accuracy, wall time")
     parser.add_argument("--checkpoints", default=".cache/finetune", help="epoch checkpoints (a rerun resumes from them)")
     args = parser.parse_args()
+    # heavy imports only now, so that --help answers at once
+    from ptqflow.train import finetune
+
     params = load_params(args.params)
     model = load_section(ModelParams, "model", params)
     train = load_section(TrainParams, "train", params)

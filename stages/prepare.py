@@ -2,10 +2,8 @@
 
 from ptqflow.cli import stage_parser
 from ptqflow.config import DataParams, ModelParams, load_params, load_section, to_dict
-from ptqflow.data import prepare
 from ptqflow.errors import run_cli
 from ptqflow.io import write_json
-from ptqflow.modeling import load_tokenizer
 from ptqflow.tracking import stage_run
 
 
@@ -14,6 +12,10 @@ def main() -> None:
     parser.add_argument("--out", default="data/prepared", help="prepared splits folder")
     parser.add_argument("--metrics", default="metrics/data.json", help="rows per split and class, input hash")
     args = parser.parse_args()
+    # heavy imports only now, so that --help answers at once
+    from ptqflow.data import prepare
+    from ptqflow.modeling import load_tokenizer
+
     params = load_params(args.params)
     data = load_section(DataParams, "data", params)
     model = load_section(ModelParams, "model", params)

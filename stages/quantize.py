@@ -3,7 +3,6 @@
 from ptqflow.cli import stage_parser
 from ptqflow.config import load_params
 from ptqflow.errors import run_cli
-from ptqflow.quantize import quantize_variant
 from ptqflow.tracking import stage_run
 
 
@@ -13,6 +12,9 @@ def main() -> None:
     parser.add_argument("--model", default="models/finetuned", help="fine-tuned model folder")
     parser.add_argument("--out", default=None, help="artifact folder (default: models/quantized/<variant>)")
     args = parser.parse_args()
+    # heavy imports only now, so that --help answers at once
+    from ptqflow.quantize import quantize_variant
+
     variants = load_params(args.params).get("variants") or {}
     out = args.out or f"models/quantized/{args.variant}"
     with stage_run(f"quantize@{args.variant}", not args.no_tracking) as run:

@@ -5,7 +5,6 @@ from pathlib import Path
 from ptqflow.cli import stage_parser
 from ptqflow.config import ReportParams, load_params, load_section, to_dict
 from ptqflow.errors import run_cli
-from ptqflow.report import build_report, format_table
 from ptqflow.tracking import stage_run
 
 
@@ -15,6 +14,9 @@ def main() -> None:
     parser.add_argument("--out", default="reports/report.md", help="markdown report")
     parser.add_argument("--figures", default="plots/figures", help="figures folder")
     args = parser.parse_args()
+    # heavy imports only now, so that --help answers at once
+    from ptqflow.report import build_report, format_table
+
     params = load_params(args.params)
     report = load_section(ReportParams, "report", params)
     variants = list(params.get("variants") or {})

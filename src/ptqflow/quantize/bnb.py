@@ -23,10 +23,13 @@ import torch
 from transformers import BitsAndBytesConfig, GPT2ForSequenceClassification
 
 from ..errors import PtqflowError
+from transformers.pytorch_utils import Conv1D
+
 from .common import count_conv1d, load_finetuned, runtime_device
 from .registry import Scheme
 
-KEEP_FULL_PRECISION = ["score"]  # the classification head
+KEEP_FULL_PRECISION = ["score"]
+CPU_4BIT_BLOCK = 64  # the classification head
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -80,9 +83,24 @@ def check_replaced(model: torch.nn.Module, expected: int) -> int:
     return replaced
 
 
+def check_cpu_4bit_shapes(model: torch.nn.Module, device: torch.device) -> None:
+    """bitsandbytes' CPU 4-bit kernel packs weights in blocks of 64 input features: refuse other widths up front."""
+    if device.type != "cpu":
+        return
+    bad = sorted({m.weight.shape[0] for m in model.modules() if isinstance(m, Conv1D) and m.weight.shape[0] % CPU_4BIT_BLOCK})
+    if bad:
+        raise PtqflowError(
+            f"4-bit bitsandbytes on CPU needs every projection's input width to be a multiple of {CPU_4BIT_BLOCK} "
+            f"(got {bad}); use n_embd a multiple of 64, or run on CUDA"
+        )
+
+
 def _quantize_with(config: BitsAndBytesConfig, src_dir: Path, out_dir: Path) -> dict:
-    expected = count_conv1d(load_finetuned(src_dir))
+    fp_model = load_finetuned(src_dir)
+    expected = count_conv1d(fp_model)
     device = runtime_device()
+    if config.load_in_4bit:
+        check_cpu_4bit_shapes(fp_model, device)
     model = GPT2ForSequenceClassification.from_pretrained(str(src_dir), quantization_config=config, device_map=device.type)
     replaced = check_replaced(model, expected)
     model.save_pretrained(str(out_dir))

@@ -1,0 +1,103 @@
+"""End to end: `dvc repro` on a throw-away copy of the project with a tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ["fp32", "int8_scratch", "int8_bnb", "nf4_bnb"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, root / name)
+    for name in ("stages", "src"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(max_train_samples=240, max_test_samples=120, max_length=32)
+    params["model"]["overrides"] = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 32}  # NF4 on CPU: widths % 64
+    params["train"].update(epochs=1, batch_size=16, eval_batch_size=64)
+    params["eval"].update(batch_size=64, latency={"batch_size": 4, "warmup": 1, "iters": 3, "threads": None})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PTQFLOW_TRACKING="1", HF_HUB_OFFLINE="1")
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run([sys.executable, "-m", "ptqflow", "assets", "--mirror", str(shared)], root, env)
+    out = run(["dvc", "repro"], root, env)
+    return root, env, out
+
+
+def test_repro_writes_every_metric_report_and_figure(project):
+    root, _, out = project
+    for v in VARIANTS:
+        assert f"Running stage 'evaluate@{v}'" in out
+        m = json.loads((root / "metrics" / "eval" / f"{v}.json").read_text())
+        assert m["test_rows"] == 120
+        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["f1_macro"] <= 1.0
+        assert m["size_on_disk"]["bytes"] > 0 and m["latency"]["median_ms"] > 0
+        assert sum(map(sum, m["confusion_matrix"]["matrix"])) == 120
+        assert set(m["per_class"]) == {"World", "Sports", "Business", "Sci/Tech"}
+        assert (root / "plots" / "predictions" / f"{v}.csv").read_text().startswith("actual,predicted")
+    fp32 = json.loads((root / "metrics/eval/fp32.json").read_text())
+    int8 = json.loads((root / "metrics/eval/int8_scratch.json").read_text())
+    assert 3.9 <= fp32["size_on_disk"]["bytes"] / int8["size_on_disk"]["bytes"] <= 4.05
+    train = json.loads((root / "metrics/train.json").read_text())
+    assert train["epochs"] and "val_accuracy" in train and train["wall_time_s"] > 0
+    data = json.loads((root / "metrics/data.json").read_text())
+    assert data["splits"]["test"]["rows"] == 120
+    report = (root / "reports" / "report.md").read_text()
+    assert "Table 1" in report and all(f"per-class metrics, {v}" in report for v in VARIANTS)
+    figures = {p.name for p in (root / "plots" / "figures").glob("*.png")}
+    assert figures == {f"confusion_{v}.png" for v in VARIANTS} | {"metrics_comparison.png", "size_latency.png"}
+    assert "| variant | accuracy |" in out  # the report stage prints the comparison table
+
+
+def test_mlflow_has_one_run_per_stage_and_variant(project):
+    root, env, _ = project
+    code = (
+        "import mlflow, json; mlflow.set_tracking_uri('sqlite:///" + str(root / "mlflow.db") + "');"
+        "df = mlflow.search_runs(experiment_names=['ptqflow']);"
+        "print(json.dumps({r['tags.mlflow.runName']: r.get('metrics.accuracy') for _, r in df.iterrows()}))"
+    )
+    runs = json.loads(run([sys.executable, "-c", code], root, env).strip().splitlines()[-1])
+    expected = {"prepare", "finetune", "report"} | {f"{s}@{v}" for s in ("quantize", "evaluate") for v in VARIANTS}
+    assert set(runs) == expected
+    fp32 = json.loads((root / "metrics/eval/fp32.json").read_text())
+    assert runs["evaluate@fp32"] == pytest.approx(fp32["accuracy"])
+
+
+def test_second_repro_is_up_to_date_and_metrics_show(project):
+    root, env, _ = project
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], root, env)
+    shown = run(["dvc", "metrics", "show", "--json"], root, env)
+    assert "metrics/eval/nf4_bnb.json" in shown
+
+
+def test_changing_one_variant_reruns_only_that_variant(project):
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["variants"]["int8_bnb"]["llm_int8_threshold"] = 0.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status", "--json"], root, env)
+    changed = set(json.loads(status))
+    assert changed == {"quantize@int8_bnb", "evaluate@int8_bnb", "report"}

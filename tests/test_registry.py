@@ -1,0 +1,65 @@
+"""The variant registry and params validation."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ptqflow.config import DataParams, EvalParams, ModelParams, ReportParams, TrainParams, build, load_section
+from ptqflow.errors import PtqflowError
+from ptqflow.quantize import SCHEMES, resolve
+
+from .conftest import ROOT
+
+
+def test_every_variant_in_params_yaml_resolves():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(params["variants"]) >= {"fp32", "int8_scratch", "int8_bnb", "nf4_bnb"}
+    for name, raw in params["variants"].items():
+        scheme, options = resolve(name, raw)
+        assert scheme.name == raw["scheme"]
+        for key, value in raw.items():
+            if key != "scheme":
+                assert getattr(options, key) == value, (name, key)
+
+
+def test_every_section_of_params_yaml_validates():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for cls, name in [(DataParams, "data"), (ModelParams, "model"), (TrainParams, "train"), (EvalParams, "eval"), (ReportParams, "report")]:
+        load_section(cls, name, params)
+
+
+def test_registered_schemes():
+    assert {"fp32", "int8_scratch", "bnb_int8", "bnb_nf4"} <= set(SCHEMES)
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"scheme": "int4_magic"}, "not a registered scheme"),
+        ({"llm_int8_threshold": 6.0}, "needs a 'scheme' key"),
+        ({"scheme": "bnb_int8", "llm_int8_treshold": 6.0}, "did you mean 'llm_int8_threshold'"),
+        ({"scheme": "bnb_nf4", "compute_dtype": "float8"}, "compute_dtype must be one of"),
+        ({"scheme": "bnb_int8", "llm_int8_threshold": "high"}, "must be a number"),
+    ],
+)
+def test_bad_variants_get_one_clear_error(raw, message):
+    with pytest.raises(PtqflowError, match=message):
+        resolve("v", raw)
+
+
+@pytest.mark.parametrize(
+    "cls,raw,message",
+    [
+        (TrainParams, {"epochs": "three"}, "train.epochs must be a number"),
+        (TrainParams, {"lr": 0}, "train.lr must be a number > 0"),
+        (TrainParams, {"batch_size": 0}, "train.batch_size must be an integer > 0"),
+        (DataParams, {"val_fraction": 1.5}, r"data.val_fraction must be a number in \(0, 1\)"),
+        (ModelParams, {"init": "random"}, "model.init must be one of"),
+        (ModelParams, {"overrides": {"n_layers": 2}}, "model.overrides.n_layers"),
+    ],
+)
+def test_bad_params_get_one_clear_error(cls, raw, message):
+    name = {TrainParams: "train", DataParams: "data", ModelParams: "model"}[cls]
+    with pytest.raises(PtqflowError, match=message):
+        build(cls, raw, name)

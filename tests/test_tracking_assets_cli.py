@@ -1,0 +1,66 @@
+"""MLflow store location, `ptqflow assets`, and `--help` on every command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptqflow import assets
+from ptqflow.errors import PtqflowError
+from ptqflow.tracking import flatten, project_root, tracking_uri
+
+from .conftest import ROOT
+
+
+def test_store_resolves_to_the_project_from_a_dvc_temp_experiment(tmp_path, monkeypatch):
+    exp = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    exp.mkdir(parents=True)
+    assert project_root(exp) == (tmp_path / "proj").resolve()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(exp)
+    assert tracking_uri() == f"sqlite:///{(tmp_path / 'proj').resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x/y.db")
+    assert tracking_uri() == "sqlite:////x/y.db"
+
+
+def test_flatten_keeps_numeric_leaves():
+    assert flatten({"a": 1, "b": {"c": 2.5, "d": "s", "e": True}, "f": [1]}) == {"a": 1.0, "b.c": 2.5}
+
+
+def test_assets_copy_from_the_mirror(tmp_path, shared):
+    lines = assets.fetch_assets(shared, tmp_path / "data", tmp_path / "model")
+    assert all("copied from" in line for line in lines)
+    assert (tmp_path / "data" / "test.csv").read_bytes() == (shared / "data/ag_news/test.csv").read_bytes()
+    assert (tmp_path / "model" / "tokenizer.json").is_file() and (tmp_path / "model" / "config.json").is_file()
+
+
+def test_assets_offline_without_mirror_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(assets, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(PtqflowError, match="needs the Hugging Face Hub, which is not reachable") as err:
+        assets.fetch_assets(tmp_path / "no-mirror", tmp_path / "data", tmp_path / "model")
+    assert "--mirror" in str(err.value)
+    assert not (tmp_path / "data" / "train.csv").exists()
+
+
+def test_cli_reports_errors_in_one_line_and_exit_2(tmp_path):
+    env = {"PATH": str(Path(sys.executable).parent), "HF_HUB_OFFLINE": "1", "PTQFLOW_TRACKING": "0"}
+    r = subprocess.run([sys.executable, "-m", "ptqflow", "assets", "--mirror", str(tmp_path / "none"),
+                        "--data-dir", str(tmp_path / "d"), "--model-dir", str(tmp_path / "m")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: AG News") and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "stages").glob("*.py")))
+def test_every_stage_has_help(script):
+    r = subprocess.run([sys.executable, str(ROOT / "stages" / script), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--params" in r.stdout
+
+
+def test_ptqflow_has_help():
+    for args in (["--help"], ["assets", "--help"], ["table", "--help"]):
+        r = subprocess.run([sys.executable, "-m", "ptqflow", *args], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage:" in r.stdout
