@@ -6,7 +6,7 @@ MIRROR ?= ../shared
 PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test setup assets repro table clean-outputs help
+.PHONY: run test setup assets repro table paper help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,6 +30,16 @@ table:  ## print the comparison table from metrics/eval/
 	@$(BIN)/ptqflow table
 
 run: repro table  ## set up, fetch the inputs, run the pipeline, print the comparison table
+
+# The reference report's own study: pretrained gpt2 and the full fancyzhx/ag_news from the Hub, AdamW lr 2e-5,
+# batch 16, 3 epochs, max length 128, all variants; a DVC experiment beside the default (dvc exp show / metrics diff).
+PAPER_PARAMS := -S data.source=fancyzhx/ag_news -S data.max_length=128 -S data.val_fraction=0.05 \
+	-S model.init=pretrained -S model.pretrained=gpt2 \
+	-S train.lr=2e-5 -S train.batch_size=16 -S train.epochs=3 -S train.warmup_ratio=0.0 -S train.weight_decay=0.0
+
+paper: assets  ## the report's configuration (needs the Hub and a GPU); fails fast offline
+	$(BIN)/ptqflow hub-check gpt2 fancyzhx/ag_news
+	$(BIN)/dvc exp run -n paper $(PAPER_PARAMS)
 
 test: setup  ## run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

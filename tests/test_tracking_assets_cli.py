@@ -64,3 +64,14 @@ def test_ptqflow_has_help():
     for args in (["--help"], ["assets", "--help"], ["table", "--help"]):
         r = subprocess.run([sys.executable, "-m", "ptqflow", *args], capture_output=True, text=True)
         assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_paper_config_fails_fast_when_the_hub_is_unreachable(tmp_path):
+    import time
+
+    env = {"PATH": str(Path(sys.executable).parent), "HF_ENDPOINT": "https://hub.invalid"}  # never resolves
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "ptqflow", "hub-check", "gpt2"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert time.monotonic() - start < 20
+    assert r.returncode == 2
+    assert "needs the Hugging Face Hub, which is not reachable" in r.stderr and "make run" in r.stderr

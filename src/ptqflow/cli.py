@@ -15,6 +15,14 @@ def _assets(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _hub_check(args: argparse.Namespace) -> None:
+    from .assets import require_hub
+
+    require_hub(", ".join(args.what), "run the default (offline) configuration with `make run`, or copy the "
+                "weights and data to local folders and point model.pretrained / data.source at them")
+    print(f"Hugging Face Hub reachable for {', '.join(args.what)}")
+
+
 def _table(args: argparse.Namespace) -> None:
     from .config import ReportParams, load_params, load_section
     from .report import collect, format_table, summary_rows
@@ -34,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data/raw/ag_news", help="where AG News goes (default: %(default)s)")
     p.add_argument("--model-dir", default="models/base/gpt2", help="where the tokenizer + config go (default: %(default)s)")
     p.set_defaults(func=_assets)
+    p = sub.add_parser("hub-check", help="fail fast, in one line, when the Hugging Face Hub cannot be reached")
+    p.add_argument("what", nargs="*", default=["gpt2", "fancyzhx/ag_news"], help="what needs the Hub (for the message)")
+    p.set_defaults(func=_hub_check)
     p = sub.add_parser("table", help="print the comparison table (one row per variant) from metrics/eval/")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     p.add_argument("--metrics-dir", default="metrics/eval", help="per-variant metrics (default: %(default)s)")
