@@ -11,6 +11,8 @@ from ptqflow.tracking import stage_run
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--metrics-dir", default="metrics/eval", help="per-variant metrics JSON files")
+    parser.add_argument("--predictions-dir", default="plots/predictions", help="per-variant predictions CSV files")
+    parser.add_argument("--comparison", default="metrics/comparison.json", help="statistics and ratios against the baselines")
     parser.add_argument("--out", default="reports/report.md", help="markdown report")
     parser.add_argument("--figures", default="plots/figures", help="figures folder")
     args = parser.parse_args()
@@ -22,8 +24,10 @@ def main() -> None:
     variants = list(params.get("variants") or {})
     with stage_run("report", not args.no_tracking) as run:
         run.log_params({"report": to_dict(report), "variants": ",".join(variants)})
-        rows = build_report(variants, args.metrics_dir, report, args.out, args.figures)
+        rows = build_report(variants, args.metrics_dir, args.predictions_dir, report, args.out, args.figures, args.comparison)
+        run.log_metrics({r["variant"]: {k: r[k] for k in ("compression", "speedup")} | r["stats"] for r in rows})
         run.log_artifact(args.out)
+        run.log_artifact(args.comparison)
         for png in sorted(Path(args.figures).glob("*.png")):
             run.log_artifact(png)
         print(format_table(rows, report.size_unit))

@@ -78,3 +78,26 @@ def test_compression_and_speedup_are_against_the_baseline():
     assert rows[1]["size"] == pytest.approx(1.0)
     text = table1(rows, "MB")
     assert "| Compression | 1.00x | 4.00x |" in text and "Size on disk (MB)" in text
+
+
+def test_bench_from_config_writes_json_and_markdown(tmp_path, shared):
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import GPT2, ROOT
+
+    out = tmp_path / "bench"
+    r = subprocess.run(
+        [sys.executable, "-m", "ptqflow", "bench", "--params", str(ROOT / "params.yaml"), "--variants", "fp32,fp16,int8_scratch",
+         "--from-config", str(GPT2), "--override", "n_layer=1", "--override", "n_embd=64", "--override", "n_head=2",
+         "--batch-sizes", "1,2", "--seq-len", "16", "--warmup", "1", "--iters", "2", "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    bench = json.loads(out.with_suffix(".json").read_text())
+    assert [res["variant"] for res in bench["results"]] == ["fp32", "fp16", "int8_scratch"]
+    assert all([lat["batch_size"] for lat in res["latency"]] == [1, 2] for res in bench["results"])
+    assert bench["model"]["n_layer"] == 1 and bench["protocol"]["iters"] == 2 and "bench" in bench["command"]
+    table = out.with_suffix(".md").read_text()
+    assert "| fp16 | float16 |" in table and "vs fp16" in table and "| fp32 | float32 |" in table

@@ -16,7 +16,7 @@ from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ["fp32", "int8_scratch", "int8_bnb", "nf4_bnb"]
+VARIANTS = ["fp32", "fp16", "bf16", "int8_scratch", "int8_bnb", "nf4_bnb"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -70,6 +70,14 @@ def test_repro_writes_every_metric_report_and_figure(project):
     figures = {p.name for p in (root / "plots" / "figures").glob("*.png")}
     assert figures == {f"confusion_{v}.png" for v in VARIANTS} | {"metrics_comparison.png", "size_latency.png"}
     assert "| variant | accuracy |" in out  # the report stage prints the comparison table
+    comparison = json.loads((root / "metrics/comparison.json").read_text())["variants"]
+    assert set(comparison) == set(VARIANTS)
+    assert comparison["fp32"]["stats"]["agreement"] == 1.0 and comparison["fp32"]["stats"]["mcnemar_p"] == 1.0
+    for v in VARIANTS:
+        st = comparison[v]["stats"]
+        assert st["delta_ci95_low"] <= st["delta_accuracy"] <= st["delta_ci95_high"]
+        assert comparison[v]["speedup_vs_half"] > 0
+    assert "McNemar exact p" in report and "Speedup vs half precision" in report
 
 
 def test_mlflow_has_one_run_per_stage_and_variant(project):

@@ -97,6 +97,7 @@ def environment(device: torch.device) -> dict:
     from .modeling import device_name
 
     return {
+        "command": " ".join(sys.argv),
         "device": device.type,
         "device_name": device_name(device),
         "python": platform.python_version(),
@@ -107,6 +108,131 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def memory_footprint(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as held in memory (transformers' get_memory_footprint)."""
+    if hasattr(model, "get_memory_footprint"):
+        return int(model.get_memory_footprint())
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
 def size_record(n_bytes: int) -> dict:
     """A size in bytes, MiB (2**20) and MB (10**6), units explicit."""
     return {"bytes": int(n_bytes), "MiB": round(n_bytes / 2**20, 4), "MB": round(n_bytes / 1e6, 4)}
+
+
+# ------------------------------------------------------------------------------------- ptqflow bench
+def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full (unpadded) batch of seeded random token ids: GPT-2's compute does not depend on the ids."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def build_from_config(config_dir: str, overrides: dict[str, int], out_dir) -> dict:
+    """Save a GPT-2 classifier with fresh weights built from `config_dir` (+ overrides) as a model folder."""
+    from transformers import AutoConfig, GPT2ForSequenceClassification
+
+    config = AutoConfig.from_pretrained(config_dir, num_labels=4, pad_token_id=50256, **overrides)
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(config)
+    model.save_pretrained(str(out_dir))
+    return {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head, "n_parameters": model.num_parameters()}
+
+
+def bench_variant(model: torch.nn.Module, batch_sizes: list[int], seq_len: int, warmup: int, iters: int) -> list[dict]:
+    vocab = model.config.vocab_size
+    return [measure_latency(model, random_batch(bs, seq_len, vocab), warmup, iters) for bs in batch_sizes]
+
+
+def run_bench(
+    variants: dict[str, dict],
+    batch_sizes: list[int],
+    seq_len: int,
+    warmup: int,
+    iters: int,
+    device: torch.device,
+    artifacts_dir: str | None = None,
+    config_dir: str | None = None,
+    overrides: dict[str, int] | None = None,
+) -> dict:
+    """Time every variant at every batch size on `device`, from pipeline artifacts or a model built from a config.
+
+    From a config, the fresh-weight model is quantized by each variant's registry scheme in a temporary
+    folder, exactly as `quantize@<variant>` would. Accuracy is not measured here (`evaluate` does that).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .errors import PtqflowError
+    from .quantize import load_variant, quantize_variant
+    from .quantize.common import weights_bytes
+
+    results, model_info = [], {}
+    with tempfile.TemporaryDirectory(prefix="ptqflow-bench-") as tmp:
+        if config_dir:
+            src = Path(tmp) / "fp32-source"
+            model_info = build_from_config(config_dir, overrides or {}, src)
+        for name, raw in variants.items():
+            art = Path(artifacts_dir) / name if artifacts_dir else Path(tmp) / name
+            record: dict = {"variant": name, "scheme": raw.get("scheme")}
+            try:
+                if config_dir:
+                    quantize_variant(name, raw, src, art)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    before = torch.cuda.memory_allocated(device)
+                model, meta = load_variant(name, raw, art, device)
+                if device.type == "cuda":
+                    record["gpu_memory_after_load_bytes"] = int(torch.cuda.memory_allocated(device) - before)
+                record.update(
+                    runtime_dtype=meta.get("runtime_dtype"),
+                    size_on_disk=size_record(weights_bytes(art)),
+                    memory_footprint=size_record(memory_footprint(model)),
+                    latency=bench_variant(model, batch_sizes, seq_len, warmup, iters),
+                )
+                del model
+            except (PtqflowError, RuntimeError, NotImplementedError) as exc:
+                record["skipped"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            print(f"bench {name}: " + (record.get("skipped") or ", ".join(
+                f"b{r['batch_size']} {r['median_ms']:.2f} ms" for r in record["latency"])), flush=True)
+            results.append(record)
+    return {
+        "environment": environment(device),
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": model_info or {"artifacts": artifacts_dir},
+        "protocol": {"seq_len": seq_len, "batch_sizes": batch_sizes, "warmup": warmup, "iters": iters,
+                     "input": "seeded random token ids, no padding"},
+        "results": results,
+    }
+
+
+def bench_markdown(bench: dict) -> str:
+    """The bench as a markdown table: median / p95 ms, throughput, speedup vs fp32 and vs fp16 per batch size."""
+    env, proto = bench["environment"], bench["protocol"]
+    ok = [r for r in bench["results"] if "latency" in r]
+    by = {r["variant"]: {lat["batch_size"]: lat for lat in r["latency"]} for r in ok}
+    lines = [
+        f"Device: {env['device_name']}; torch {env['torch']}, transformers {env['transformers']}, "
+        f"bitsandbytes {env['bitsandbytes']}, CUDA {env['cuda']}. Date: {bench['date']}.",
+        f"Model: {bench['model']}. Sequence length {proto['seq_len']}; {proto['warmup']} warm-up + "
+        f"{proto['iters']} timed forward passes per point; {proto['input']}.",
+        f"Command: `{bench['command']}`",
+        "",
+        "| variant | run-time dtype | size (MiB) | batch | median (ms) | p95 (ms) | samples/s | vs fp32 | vs fp16 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ok:
+        for bs, lat in by[r["variant"]].items():
+            ref32 = by.get("fp32", {}).get(bs)
+            ref16 = by.get("fp16", {}).get(bs)
+            vs32 = f"{ref32['median_ms'] / lat['median_ms']:.2f}x" if ref32 else "-"
+            vs16 = f"{ref16['median_ms'] / lat['median_ms']:.2f}x" if ref16 else "-"
+            lines.append(
+                f"| {r['variant']} | {r['runtime_dtype']} | {r['size_on_disk']['MiB']:.2f} | {bs} | {lat['median_ms']:.2f} | "
+                f"{lat['p95_ms']:.2f} | {lat['throughput_samples_per_s']:.1f} | {vs32} | {vs16} |"
+            )
+    for r in bench["results"]:
+        if "skipped" in r:
+            lines.append(f"\n`{r['variant']}` skipped: {r['skipped']}")
+    return "\n".join(lines) + "\n"

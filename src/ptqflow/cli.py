@@ -1,4 +1,4 @@
-"""The `ptqflow` command: `ptqflow assets` fetches the inputs, `ptqflow table` prints the comparison."""
+"""The `ptqflow` command: `assets` fetches the inputs, `table` prints the comparison, `bench` times variants."""
 
 from __future__ import annotations
 
@@ -23,13 +23,59 @@ def _hub_check(args: argparse.Namespace) -> None:
     print(f"Hugging Face Hub reachable for {', '.join(args.what)}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .benchmark import bench_markdown, run_bench
+    from .config import load_params
+    from .errors import PtqflowError
+    from .io import write_json, write_text
+    from .modeling import pick_device
+
+    variants = load_params(args.params).get("variants") or {}
+    chosen = args.variants.split(",") if args.variants else list(variants)
+    unknown = [v for v in chosen if v not in variants]
+    if unknown:
+        raise PtqflowError(f"--variants: {', '.join(unknown)} not in {args.params} (known: {', '.join(variants)})")
+    device = pick_device(args.device)
+    gpu = device.type == "cuda"
+    overrides = {}
+    for item in args.override:
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            raise PtqflowError(f"--override {item!r}: expected KEY=INTEGER, e.g. n_layer=12")
+        overrides[key] = int(value)
+    if not args.from_config and not Path(args.artifacts).is_dir():
+        raise PtqflowError(f"{args.artifacts}: no pipeline artifacts (run `make run`, or use --from-config DIR)")
+    bench = run_bench(
+        {v: variants[v] for v in chosen},
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.seq_len,
+        args.warmup if args.warmup is not None else (10 if gpu else 2),
+        args.iters if args.iters is not None else (50 if gpu else 5),
+        device,
+        artifacts_dir=None if args.from_config else args.artifacts,
+        config_dir=args.from_config,
+        overrides=overrides,
+    )
+    write_json(f"{args.out}.json", bench)
+    write_text(f"{args.out}.md", bench_markdown(bench))
+    print(bench_markdown(bench))
+
+
 def _table(args: argparse.Namespace) -> None:
     from .config import ReportParams, load_params, load_section
     from .report import collect, format_table, summary_rows
 
+    from pathlib import Path
+
+    from .io import read_json
+
     params = load_params(args.params)
     report = load_section(ReportParams, "report", params)
-    rows = summary_rows(collect(list(params.get("variants") or {}), args.metrics_dir), report)
+    comparison = Path(args.metrics_dir).parent / "comparison.json"
+    stats = {k: v["stats"] for k, v in read_json(comparison)["variants"].items()} if comparison.is_file() else None
+    rows = summary_rows(collect(list(params.get("variants") or {}), args.metrics_dir), report, stats)
     print(format_table(rows, report.size_unit))
 
 
@@ -45,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hub-check", help="fail fast, in one line, when the Hugging Face Hub cannot be reached")
     p.add_argument("what", nargs="*", default=["gpt2", "fancyzhx/ag_news"], help="what needs the Hub (for the message)")
     p.set_defaults(func=_hub_check)
+    p = sub.add_parser("bench", help="time variants at several batch sizes on this device; JSON + markdown table",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--params", default="params.yaml", help="parameter file (its `variants`)")
+    p.add_argument("--variants", default=None, help="comma-separated variant names (default: all in the params file)")
+    p.add_argument("--batch-sizes", default="1,16,64", help="comma-separated batch sizes")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per row")
+    p.add_argument("--warmup", type=int, default=None, help="untimed passes per point (default: 10 on GPU, 2 on CPU)")
+    p.add_argument("--iters", type=int, default=None, help="timed passes per point (default: 50 on GPU, 5 on CPU)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    p.add_argument("--artifacts", default="models/quantized", help="pipeline artifacts, one folder per variant")
+    p.add_argument("--from-config", default=None, metavar="DIR",
+                   help="instead of artifacts: a GPT-2 built from this config folder with fresh weights (e.g. models/base/gpt2)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=N", help="config override with --from-config")
+    p.add_argument("--out", default="benchmarks/bench", help="output path without extension (.json and .md)")
+    p.set_defaults(func=_bench)
     p = sub.add_parser("table", help="print the comparison table (one row per variant) from metrics/eval/")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     p.add_argument("--metrics-dir", default="metrics/eval", help="per-variant metrics (default: %(default)s)")

@@ -76,8 +76,8 @@ class TrainParams:
 @dataclass
 class LatencyParams:
     batch_size: int = 16  # the report's batch; rows are padded to data.max_length
-    warmup: int = 5
-    iters: int = 30
+    warmup: int = 10
+    iters: int = 50
     threads: int | None = None  # CPU threads (torch.set_num_threads); None = torch's default
 
     def __post_init__(self) -> None:
@@ -99,7 +99,15 @@ class EvalParams:
 @dataclass
 class ReportParams:
     size_unit: Literal["MiB", "MB"] = "MiB"
-    baseline: str = "fp32"
+    baseline: str = "fp32"  # compression, speedup and the statistics are against this variant
+    half_baseline: str = "fp16"  # a second speedup column against this variant, when it is present
+    alpha: float = 0.05  # McNemar significance level
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.alpha < 1, "report.alpha", "a number in (0, 1)", self.alpha)
+        _check(self.bootstrap_resamples >= 1000, "report.bootstrap_resamples", "an integer >= 1000", self.bootstrap_resamples)
 
 
 # ------------------------------------------------------------------------------------------ machinery

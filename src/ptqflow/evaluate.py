@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from .benchmark import environment, measure_latency, size_record
+from .benchmark import environment, measure_latency, memory_footprint, size_record
 from .config import EvalParams
 from .data import load_prepared
 from .modeling import pick_device
@@ -72,13 +72,6 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         "per_class": per_class,
         "confusion_matrix": {"labels": classes, "matrix": cm.tolist()},
     }
-
-
-def memory_footprint(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters and buffers as held in memory (transformers' get_memory_footprint)."""
-    if hasattr(model, "get_memory_footprint"):
-        return int(model.get_memory_footprint())
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def evaluate_variant(

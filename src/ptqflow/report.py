@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from .config import ReportParams  # noqa: E402
 from .errors import PtqflowError  # noqa: E402
-from .io import atomic_dir, read_json, write_text  # noqa: E402
+from .io import atomic_dir, read_json, write_json, write_text  # noqa: E402
 
 FIGURES = ("metrics_comparison.png", "size_latency.png")
 
@@ -34,11 +34,37 @@ def collect(variants: list[str], metrics_dir: str | Path) -> dict[str, dict]:
     return out
 
 
-def summary_rows(metrics: dict[str, dict], params: ReportParams) -> list[dict]:
-    """One row per variant: the numbers of Table 1, with compression and speedup against the baseline."""
+def compare_all(variants: list[str], predictions_dir: str | Path, params: ReportParams) -> dict[str, dict]:
+    """Statistics of every variant against the baseline on the same test examples (see stats.py)."""
+    import pandas as pd
+
+    from .stats import compare_predictions
+
+    def read(name: str) -> pd.DataFrame:
+        path = Path(predictions_dir) / f"{name}.csv"
+        if not path.is_file():
+            raise PtqflowError(f"{path}: missing (run: dvc repro evaluate@{name})")
+        return pd.read_csv(path, keep_default_na=False)
+
+    base = read(params.baseline)
+    out = {}
+    for name in variants:
+        pred = read(name)
+        if len(pred) != len(base) or not pred["actual"].equals(base["actual"]):
+            raise PtqflowError(f"{name}: predictions are not on the same test examples as {params.baseline}")
+        out[name] = compare_predictions(
+            base["actual"].to_numpy(), base["predicted"].to_numpy(), pred["predicted"].to_numpy(),
+            params.bootstrap_resamples, params.seed, params.alpha,
+        )
+    return out
+
+
+def summary_rows(metrics: dict[str, dict], params: ReportParams, stats: dict[str, dict] | None = None) -> list[dict]:
+    """One row per variant: the numbers of Table 1, compression and speedups against the baselines, statistics."""
     if params.baseline not in metrics:
         raise PtqflowError(f"params.yaml: report.baseline {params.baseline!r} is not among the variants ({', '.join(metrics)})")
     base = metrics[params.baseline]
+    half = metrics.get(params.half_baseline)
     rows = []
     for name, m in metrics.items():
         rows.append(
@@ -55,7 +81,9 @@ def summary_rows(metrics: dict[str, dict], params: ReportParams) -> list[dict]:
                 "latency_p95_ms": m["latency"]["p95_ms"],
                 "compression": base["size_on_disk"]["bytes"] / m["size_on_disk"]["bytes"],
                 "speedup": base["latency"]["median_ms"] / m["latency"]["median_ms"],
+                "speedup_vs_half": half["latency"]["median_ms"] / m["latency"]["median_ms"] if half else None,
                 "runtime_dtype": m.get("runtime_dtype"),
+                **({"stats": stats[name]} if stats and name in stats else {}),
             }
         )
     return rows
@@ -63,15 +91,28 @@ def summary_rows(metrics: dict[str, dict], params: ReportParams) -> list[dict]:
 
 def format_table(rows: list[dict], unit: str) -> str:
     """The comparison as a markdown table, one row per variant (what `make run` prints)."""
-    head = ["variant", "accuracy", "macro F1", f"size ({unit})", "latency median (ms)", "p95 (ms)", "compression", "speedup"]
+    head = ["variant", "accuracy", "Δacc [95% CI]", "McNemar p", "macro F1", f"size ({unit})", "latency median (ms)",
+            "p95 (ms)", "compression", "speedup vs fp32", "vs half"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        st = r.get("stats")
         cells = [
-            r["variant"], f"{r['accuracy']:.4f}", f"{r['f1']:.4f}", f"{r['size']:.2f}", f"{r['latency_ms']:.2f}",
-            f"{r['latency_p95_ms']:.2f}", f"{r['compression']:.2f}x", f"{r['speedup']:.2f}x",
+            r["variant"], f"{r['accuracy']:.4f}", _delta(st), f"{st['mcnemar_p']:.3g}" if st else "-", f"{r['f1']:.4f}",
+            f"{r['size']:.2f}", f"{r['latency_ms']:.2f}", f"{r['latency_p95_ms']:.2f}", f"{r['compression']:.2f}x",
+            f"{r['speedup']:.2f}x", _x(r["speedup_vs_half"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def _delta(st: dict | None) -> str:
+    if not st:
+        return "-"
+    return f"{st['delta_accuracy'] * 100:+.2f} pts [{st['delta_ci95_low'] * 100:+.2f}, {st['delta_ci95_high'] * 100:+.2f}]"
 
 
 def table1(rows: list[dict], unit: str) -> str:
@@ -81,11 +122,17 @@ def table1(rows: list[dict], unit: str) -> str:
         ("Recall (macro)", "recall", "{:.4f}"), ("F1-Score (macro)", "f1", "{:.4f}"),
         (f"Size on disk ({unit})", "size", "{:.2f}"), (f"Memory footprint ({unit})", "memory", "{:.2f}"),
         ("Inference median (ms)", "latency_ms", "{:.2f}"), ("Inference p95 (ms)", "latency_p95_ms", "{:.2f}"),
-        ("Compression", "compression", "{:.2f}x"), ("Speedup", "speedup", "{:.2f}x"),
+        ("Compression", "compression", "{:.2f}x"), ("Speedup vs fp32", "speedup", "{:.2f}x"),
     ]
     lines = ["| Metric | " + " | ".join(r["variant"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
     for label, key, fmt in spec:
         lines.append(f"| {label} | " + " | ".join(fmt.format(r[key]) for r in rows) + " |")
+    lines.append("| Speedup vs half precision | " + " | ".join(_x(r["speedup_vs_half"]) for r in rows) + " |")
+    if all("stats" in r for r in rows):
+        lines.append("| Accuracy Δ vs baseline [95% CI] | " + " | ".join(_delta(r["stats"]) for r in rows) + " |")
+        lines.append("| Agreement with baseline | " + " | ".join(f"{r['stats']['agreement']:.4f}" for r in rows) + " |")
+        lines.append("| McNemar exact p | " + " | ".join(f"{r['stats']['mcnemar_p']:.3g}" for r in rows) + " |")
+        lines.append("| Verdict | " + " | ".join(r["stats"]["verdict"] for r in rows) + " |")
     return "\n".join(lines)
 
 
@@ -113,6 +160,11 @@ def render_markdown(metrics: dict[str, dict], rows: list[dict], params: ReportPa
         "## Table 1: comparison of all variants",
         "",
         table1(rows, params.size_unit),
+        "",
+        f"Statistics against `{params.baseline}` on the same test examples: accuracy difference with a paired "
+        f"bootstrap 95% interval ({params.bootstrap_resamples} resamples, seed {params.seed}), agreement (share of "
+        f"identical predictions) and McNemar's exact test on the discordant pairs; \"no significant change\" "
+        f"means p >= {params.alpha}.",
         "",
         "Run-time precision of each variant:",
         "",
@@ -175,10 +227,23 @@ def plot_size_latency(rows: list[dict], unit: str, path: Path) -> None:
     plt.close(fig)
 
 
-def build_report(variants: list[str], metrics_dir: str | Path, params: ReportParams, report_path: str | Path, figures_dir: str | Path) -> list[dict]:
-    """Write the markdown report and the figures; returns the summary rows."""
+def build_report(
+    variants: list[str],
+    metrics_dir: str | Path,
+    predictions_dir: str | Path,
+    params: ReportParams,
+    report_path: str | Path,
+    figures_dir: str | Path,
+    comparison_path: str | Path,
+) -> list[dict]:
+    """Write the markdown report, the figures and metrics/comparison.json; returns the summary rows."""
     metrics = collect(variants, metrics_dir)
-    rows = summary_rows(metrics, params)
+    rows = summary_rows(metrics, params, compare_all(variants, predictions_dir, params))
+    write_json(comparison_path, {
+        "baseline": params.baseline,
+        "half_baseline": params.half_baseline if params.half_baseline in metrics else None,
+        "variants": {r["variant"]: {k: r[k] for k in ("compression", "speedup", "speedup_vs_half", "stats")} for r in rows},
+    })
     names = [f"confusion_{name}.png" for name in metrics] + list(FIGURES)
     with atomic_dir(figures_dir) as tmp:
         for name, m in metrics.items():
