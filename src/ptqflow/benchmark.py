@@ -10,6 +10,8 @@ peak resident set size, which includes everything loaded before).
 
 from __future__ import annotations
 
+import gc
+import os
 import platform
 import resource
 import statistics
@@ -84,6 +86,16 @@ def peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def command_line() -> str:
+    """The command that is running, as a user would type it (`python -m ptqflow ...` for the package's __main__)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("ptqflow", "__main__.py")):
+        argv[0:1] = ["python", "-m", "ptqflow"]
+    elif argv and argv[0].endswith(".py"):
+        argv[0:1] = ["python", os.path.relpath(argv[0])]
+    return " ".join(argv)
+
+
 def environment(device: torch.device) -> dict:
     """Device and library versions to record beside every measurement."""
     import transformers
@@ -97,7 +109,7 @@ def environment(device: torch.device) -> dict:
     from .modeling import device_name
 
     return {
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "device": device.type,
         "device_name": device_name(device),
         "python": platform.python_version(),
@@ -178,7 +190,8 @@ def run_bench(
             try:
                 if config_dir:
                     quantize_variant(name, raw, src, art)
-                if device.type == "cuda":
+                if device.type == "cuda":  # release whatever the quantize step or the last variant left
+                    gc.collect()
                     torch.cuda.empty_cache()
                     before = torch.cuda.memory_allocated(device)
                 model, meta = load_variant(name, raw, art, device)
@@ -191,6 +204,7 @@ def run_bench(
                     latency=bench_variant(model, batch_sizes, seq_len, warmup, iters),
                 )
                 del model
+                gc.collect()
             except (PtqflowError, RuntimeError, NotImplementedError) as exc:
                 record["skipped"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             print(f"bench {name}: " + (record.get("skipped") or ", ".join(
@@ -198,7 +212,7 @@ def run_bench(
             results.append(record)
     return {
         "environment": environment(device),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "date": time.strftime("%Y-%m-%d"),
         "model": model_info or {"artifacts": artifacts_dir},
         "protocol": {"seq_len": seq_len, "batch_sizes": batch_sizes, "warmup": warmup, "iters": iters,

@@ -126,7 +126,7 @@ def _training_args(p: TrainParams, work_dir: str | Path, device: torch.device) -
 
 
 def _last_checkpoint(work_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint (trainer_state.json is written last), or None."""
     work_dir = Path(work_dir)
-    return get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+    done = [p for p in work_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()] if work_dir.is_dir() else []
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None

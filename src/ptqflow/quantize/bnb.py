@@ -15,6 +15,7 @@ run in `compute_dtype` after dequantizing each block.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -122,7 +123,7 @@ def load_quantized(artifact_dir: Path, device: torch.device) -> torch.nn.Module:
 
 def quantize_int8(src_dir: Path, out_dir: Path, options: Int8BnbOptions) -> dict:
     info = _quantize_with(int8_config(options), src_dir, out_dir)
-    return {"runtime_dtype": "int8 weights, LLM.int8 matmul (fp16/fp32 outlier columns)", **info}
+    return {"runtime_dtype": "int8 weights; LLM.int8 matmul on float16-cast activations, outlier columns in float16", **info}
 
 
 def quantize_nf4(src_dir: Path, out_dir: Path, options: Nf4BnbOptions) -> dict:
@@ -131,6 +132,8 @@ def quantize_nf4(src_dir: Path, out_dir: Path, options: Nf4BnbOptions) -> dict:
 
 
 def load(artifact_dir: Path, options, device: torch.device) -> torch.nn.Module:
+    # LLM.int8 warns on every forward that it casts float32 activations to float16; runtime_dtype says so once.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     return load_quantized(artifact_dir, device)
 
 

@@ -8,11 +8,17 @@ import torch
 from transformers import GPT2ForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
+from ..errors import PtqflowError
 from ..io import dir_size_bytes
 
 
 def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GPT2ForSequenceClassification:
-    model = GPT2ForSequenceClassification.from_pretrained(str(src_dir), dtype=dtype)
+    """The fine-tuned model; a damaged or truncated weights file is reported, never loaded as garbage."""
+    try:
+        model = GPT2ForSequenceClassification.from_pretrained(str(src_dir), dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - safetensors/transformers raise many types for damaged files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PtqflowError(f"{src_dir}: cannot load the fine-tuned model ({type(exc).__name__}: {first})") from None
     return model.to(device).eval()
 
 
