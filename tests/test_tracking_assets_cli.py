@@ -75,3 +75,44 @@ def test_paper_config_fails_fast_when_the_hub_is_unreachable(tmp_path):
     assert time.monotonic() - start < 20
     assert r.returncode == 2
     assert "needs the Hugging Face Hub, which is not reachable" in r.stderr and "make run" in r.stderr
+
+
+@pytest.mark.slow
+def test_parallel_stages_lose_no_mlflow_run(tmp_path):
+    """Four processes log at once into one SQLite store (as `dvc exp run -j N` does): every run lands."""
+    import json
+
+    script = (
+        "import sys; from ptqflow.tracking import stage_run\n"
+        "for i in range(3):\n"
+        "    with stage_run(f'evaluate@w{sys.argv[1]}-{i}') as run:\n"
+        "        run.log_params({'worker': sys.argv[1]}); run.log_metrics({'accuracy': 0.5, 'x': {'y': i}})\n"
+    )
+    env = {**__import__("os").environ, "PTQFLOW_TRACKING": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(w)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+             for w in range(4)]
+    errors = [p.communicate()[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    code = ("import mlflow, json; mlflow.set_tracking_uri('sqlite:///" + str(tmp_path) + "/mlflow.db');"
+            "df = mlflow.search_runs(experiment_names=['ptqflow']);"
+            "print(json.dumps(sorted(df['tags.mlflow.runName'])), sorted(set(df['status'])), df['metrics.x.y'].sum())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
+    names = json.loads(out.split("] ")[0] + "]")
+    assert names == sorted(f"evaluate@w{w}-{i}" for w in range(4) for i in range(3))
+    assert "['FINISHED']" in out
+
+
+def test_a_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):
+    from ptqflow.tracking import stage_run
+
+    monkeypatch.setenv("PTQFLOW_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PtqflowError):
+        with stage_run("finetune") as run:
+            run.log_params({"lr": 0.1})
+            raise PtqflowError("bad lr")
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    df = mlflow.search_runs(experiment_names=["ptqflow"])
+    assert list(df["status"]) == ["FAILED"] and "bad lr" in df["tags.error"].iloc[0]

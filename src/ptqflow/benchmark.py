@@ -91,6 +91,8 @@ def command_line() -> str:
     argv = list(sys.argv)
     if argv and argv[0].endswith(os.path.join("ptqflow", "__main__.py")):
         argv[0:1] = ["python", "-m", "ptqflow"]
+    elif argv and os.path.basename(argv[0]) == "ptqflow":
+        argv[0] = "ptqflow"
     elif argv and argv[0].endswith(".py"):
         argv[0:1] = ["python", os.path.relpath(argv[0])]
     return " ".join(argv)

@@ -46,25 +46,26 @@ def flatten(data: Any, prefix: str = "") -> dict[str, float]:
 
 
 class _Run:
-    def __init__(self, mlflow_module: Any | None) -> None:
-        self._mlflow = mlflow_module
+    """Collects what a stage logs; `stage_run` writes it to MLflow in one go when the stage ends."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+        self.metrics: dict[str, float] = {}
+        self.tags: dict[str, str] = {}
+        self.artifacts: list[str] = []
 
     def log_params(self, params: dict) -> None:
-        if self._mlflow:
-            flat = _flatten_params(params)
-            self._mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+        self.params.update({k: str(v)[:6000] for k, v in _flatten_params(params).items()})
 
     def log_metrics(self, metrics: dict) -> None:
-        if self._mlflow:
-            self._mlflow.log_metrics(flatten(metrics))
+        self.metrics.update(flatten(metrics))
 
     def log_artifact(self, path: str | Path) -> None:
-        if self._mlflow and Path(path).exists():
-            self._mlflow.log_artifact(str(path))
+        if Path(path).exists():
+            self.artifacts.append(str(Path(path).resolve()))
 
     def set_tags(self, tags: dict) -> None:
-        if self._mlflow:
-            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self.tags.update({k: str(v) for k, v in tags.items()})
 
 
 def _flatten_params(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,18 +78,47 @@ def _flatten_params(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def stage_run(name: str, enabled: bool = True) -> Iterator[_Run]:
-    """An MLflow run named `name` in experiment `ptqflow` (a no-op run when tracking is off)."""
-    if not tracking_enabled(enabled):
-        yield _Run(None)
-        return
+def _write(name: str, run: _Run, status: str, started_ms: int) -> None:
+    """Write one finished run. Parallel stages (`dvc exp run -j N`) share one SQLite file: writes are
+    serialized with a lock file beside it, so none is lost to "database is locked"."""
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import mlflow
+    from filelock import FileLock
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=name):
-        mlflow.set_tag("stage", name.split("@")[0])
-        yield _Run(mlflow)
+    uri = tracking_uri()
+    lock_path = uri[len("sqlite:///"):] + ".lock" if uri.startswith("sqlite:///") else str(project_root() / ".mlflow.lock")
+    with FileLock(lock_path, timeout=600):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(EXPERIMENT)
+        with mlflow.start_run(run_name=name) as active:
+            mlflow.set_tags({"stage": name.split("@")[0], **run.tags})
+            if run.params:
+                mlflow.log_params(run.params)
+            if run.metrics:
+                mlflow.log_metrics(run.metrics)
+            for path in run.artifacts:
+                mlflow.log_artifact(path)
+            run_id = active.info.run_id
+        mlflow.tracking.MlflowClient().set_terminated(run_id, status=status)
+        mlflow.tracking.MlflowClient().set_tag(run_id, "started_ms", str(started_ms))
+
+
+@contextlib.contextmanager
+def stage_run(name: str, enabled: bool = True) -> Iterator[_Run]:
+    """Collect a stage's params, metrics, tags and artifacts; on exit write them as MLflow run `name` in
+    experiment `ptqflow` (status FAILED if the stage raised). Nothing is written when tracking is off."""
+    import time
+
+    run = _Run()
+    started = int(time.time() * 1000)
+    try:
+        yield run
+    except BaseException as exc:
+        if tracking_enabled(enabled):
+            run.set_tags({"error": f"{type(exc).__name__}: {exc}"[:500]})
+            _write(name, run, "FAILED", started)
+        raise
+    if tracking_enabled(enabled):
+        run.metrics.setdefault("stage_wall_time_s", round(time.time() - started / 1000, 3))
+        _write(name, run, "FINISHED", started)
