@@ -5,8 +5,9 @@ BIN    := $(abspath $(VENV))/bin
 MIRROR ?= ../shared
 PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
+export PTQFLOW_MIRROR := $(abspath $(MIRROR))
 
-.PHONY: run test setup assets repro table paper help
+.PHONY: run test setup repro table paper help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,10 +21,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv with the pinned dependencies
 
-assets: setup  ## copy AG News and the GPT-2 tokenizer/config from $(MIRROR), else the Hugging Face Hub
-	$(BIN)/ptqflow assets --mirror $(MIRROR)
-
-repro: assets  ## run the DVC pipeline (only what changed)
+repro: setup  ## run the DVC pipeline (only what changed); its first stage, assets, copies the inputs from $(MIRROR) or the Hub
 	$(BIN)/dvc repro
 
 table:  ## print the comparison table from metrics/eval/
@@ -37,7 +35,7 @@ PAPER_PARAMS := -S data.source=fancyzhx/ag_news -S data.max_length=128 -S data.v
 	-S model.init=pretrained -S model.pretrained=gpt2 \
 	-S train.lr=2e-5 -S train.batch_size=16 -S train.epochs=3 -S train.warmup_ratio=0.0 -S train.weight_decay=0.0
 
-paper: assets  ## the report's configuration (needs the Hub and a GPU); fails fast offline
+paper: setup  ## the report's configuration (needs the Hub and a GPU); fails fast offline
 	$(BIN)/ptqflow hub-check gpt2 fancyzhx/ag_news
 	$(BIN)/dvc exp run -n paper $(PAPER_PARAMS)
 

@@ -25,10 +25,9 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
     return r.stdout + r.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, shared):
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", ".dvcignore"):
+def make_project(root: Path, shared: Path, variants: list[str]) -> dict:
+    """A throw-away copy of the project (git + DVC) with a tiny config; returns the environment to run it in."""
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, root / name)
     for name in ("stages", "src"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -37,18 +36,38 @@ def project(tmp_path_factory, shared):
     params["model"]["overrides"] = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 32}  # NF4 on CPU: widths % 64
     params["train"].update(epochs=1, batch_size=16, eval_batch_size=64)
     params["eval"].update(batch_size=64, latency={"batch_size": 4, "warmup": 1, "iters": 3, "threads": None})
+    params["variants"] = {v: params["variants"][v] for v in variants}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PTQFLOW_TRACKING="1", HF_HUB_OFFLINE="1")
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PTQFLOW_TRACKING="1", HF_HUB_OFFLINE="1",
+               PTQFLOW_MIRROR=str(shared), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
-    run([sys.executable, "-m", "ptqflow", "assets", "--mirror", str(shared)], root, env)
+    return env
+
+
+def mlflow_runs(root: Path, env: dict) -> list[dict]:
+    code = (
+        "import mlflow, json; mlflow.set_tracking_uri('sqlite:///" + str(root / "mlflow.db") + "');"
+        "df = mlflow.search_runs(experiment_names=['ptqflow']);"
+        "print(json.dumps([{'name': r['tags.mlflow.runName'], 'status': r['status'], 'accuracy': r.get('metrics.accuracy')}"
+        " for _, r in df.iterrows()]))"
+    )
+    return json.loads(run([sys.executable, "-c", code], root, env).strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared):
+    root = tmp_path_factory.mktemp("project")
+    env = make_project(root, shared, VARIANTS)
     out = run(["dvc", "repro"], root, env)
     return root, env, out
 
 
 def test_repro_writes_every_metric_report_and_figure(project):
     root, _, out = project
+    assert "Running stage 'assets'" in out and (root / "data/raw/ag_news/test.csv").is_file()
     for v in VARIANTS:
         assert f"Running stage 'evaluate@{v}'" in out
         m = json.loads((root / "metrics" / "eval" / f"{v}.json").read_text())
@@ -82,12 +101,7 @@ def test_repro_writes_every_metric_report_and_figure(project):
 
 def test_mlflow_has_one_run_per_stage_and_variant(project):
     root, env, _ = project
-    code = (
-        "import mlflow, json; mlflow.set_tracking_uri('sqlite:///" + str(root / "mlflow.db") + "');"
-        "df = mlflow.search_runs(experiment_names=['ptqflow']);"
-        "print(json.dumps({r['tags.mlflow.runName']: r.get('metrics.accuracy') for _, r in df.iterrows()}))"
-    )
-    runs = json.loads(run([sys.executable, "-c", code], root, env).strip().splitlines()[-1])
+    runs = {r["name"]: r["accuracy"] for r in mlflow_runs(root, env)}
     expected = {"prepare", "finetune", "report"} | {f"{s}@{v}" for s in ("quantize", "evaluate") for v in VARIANTS}
     assert set(runs) == expected
     fp32 = json.loads((root / "metrics/eval/fp32.json").read_text())
@@ -109,3 +123,27 @@ def test_changing_one_variant_reruns_only_that_variant(project):
     status = run(["dvc", "status", "--json"], root, env)
     changed = set(json.loads(status))
     assert changed == {"quantize@int8_bnb", "evaluate@int8_bnb", "report"}
+
+
+def test_queued_experiments_run_in_parallel_and_lose_nothing(tmp_path, shared):
+    """`dvc exp run --queue` x3, then `--run-all -j 2`: all finish, `dvc exp show` has their metrics, MLflow every run."""
+    env = make_project(tmp_path, shared, ["fp32", "int8_scratch"])
+    run(["git", "add", "-A"], tmp_path, env)
+    run(["git", "commit", "-q", "-m", "baseline"], tmp_path, env)
+    for seed in (1, 2, 3):
+        run(["dvc", "exp", "run", "--queue", "-n", f"seed{seed}", "-S", f"train.seed={seed}"], tmp_path, env)
+    run(["dvc", "exp", "run", "--run-all", "-j", "2"], tmp_path, env)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], tmp_path, env))
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                metrics = (data.get("metrics") or {}).get("metrics/eval/fp32.json", {}).get("data", {})
+                if rev.get("name") and "accuracy" in metrics:
+                    found[rev["name"]] = metrics["accuracy"]
+    assert set(found) == {"seed1", "seed2", "seed3"}, shown
+    runs = mlflow_runs(tmp_path, env)
+    assert sum(r["name"] == "finetune" for r in runs) == 3
+    assert sum(r["name"] == "evaluate@int8_scratch" for r in runs) == 3
+    assert {r["status"] for r in runs} == {"FINISHED"}

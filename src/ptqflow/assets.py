@@ -1,7 +1,7 @@
 """`ptqflow assets`: put AG News in data/raw/ag_news/ and the GPT-2 tokenizer + config in models/base/gpt2/.
 
-From a mirror folder when it has them (default `../shared`, laid out as `data/ag_news/` and
-`models/gpt2/`), else from the Hugging Face Hub (`fancyzhx/ag_news`, `gpt2`). Offline with no mirror
+From a mirror folder when it has them (default `$PTQFLOW_MIRROR`, else `../shared` beside the project,
+laid out as `data/ag_news/` and `models/gpt2/`), else from the Hugging Face Hub (`fancyzhx/ag_news`, `gpt2`). Offline with no mirror
 it stops with one line saying what is missing and how to provide it.
 """
 
@@ -79,6 +79,14 @@ def fetch_model(mirror: Path | None, dest: Path) -> str:
     AutoTokenizer.from_pretrained(HUB_MODEL).save_pretrained(str(dest))
     AutoConfig.from_pretrained(HUB_MODEL).save_pretrained(str(dest))
     return f"GPT-2 tokenizer and config downloaded from the Hub ({HUB_MODEL})"
+
+
+def default_mirror() -> Path:
+    """$PTQFLOW_MIRROR, else `../shared` beside the project (also from a DVC temporary experiment copy)."""
+    from .io import project_root
+
+    env = os.environ.get("PTQFLOW_MIRROR")
+    return Path(env).resolve() if env else project_root().parent / "shared"
 
 
 def fetch_assets(mirror: str | Path | None, data_dir: str | Path, model_dir: str | Path) -> list[str]:

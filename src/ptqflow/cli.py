@@ -11,7 +11,9 @@ from .errors import run_cli
 def _assets(args: argparse.Namespace) -> None:
     from .assets import fetch_assets
 
-    for line in fetch_assets(args.mirror, args.data_dir, args.model_dir):
+    from .assets import default_mirror
+
+    for line in fetch_assets(args.mirror or default_mirror(), args.data_dir, args.model_dir):
         print(line)
 
 
@@ -83,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptqflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("assets", help="copy AG News and the GPT-2 tokenizer/config from a mirror, else the Hub")
-    p.add_argument("--mirror", default=os.environ.get("PTQFLOW_MIRROR", "../shared"),
-                   help="folder with data/ag_news/ and models/gpt2/ (default: $PTQFLOW_MIRROR or ../shared)")
+    p.add_argument("--mirror", default=None,
+                   help="folder with data/ag_news/ and models/gpt2/ (default: $PTQFLOW_MIRROR, else ../shared beside the project)")
     p.add_argument("--data-dir", default="data/raw/ag_news", help="where AG News goes (default: %(default)s)")
     p.add_argument("--model-dir", default="models/base/gpt2", help="where the tokenizer + config go (default: %(default)s)")
     p.set_defaults(func=_assets)

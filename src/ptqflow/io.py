@@ -65,6 +65,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+_EXPS_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def project_root(cwd: str | Path | None = None) -> Path:
+    """The project folder; from inside a DVC temporary experiment copy (`.dvc/tmp/exps/...`), the project it was copied from."""
+    cwd = str(Path(cwd or os.getcwd()).resolve())
+    if _EXPS_MARK in cwd + os.sep:
+        return Path((cwd + os.sep).split(_EXPS_MARK)[0])
+    return Path(cwd)
+
+
 def dir_size_bytes(path: str | Path, pattern: str = "*") -> int:
     """Total size in bytes of the files under `path` matching `pattern` (recursively)."""
     return sum(p.stat().st_size for p in Path(path).rglob(pattern) if p.is_file())

@@ -14,18 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from .io import project_root
+
 EXPERIMENT = "ptqflow"
-_EXPS_MARK = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
-
-
-def project_root(cwd: str | Path | None = None) -> Path:
-    """The project folder; from inside a DVC temporary experiment copy, the project it was copied from."""
-    cwd = str(Path(cwd or os.getcwd()).resolve())
-    if _EXPS_MARK in cwd + os.sep:
-        return Path((cwd + os.sep).split(_EXPS_MARK)[0])
-    return Path(cwd)
-
-
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
