@@ -39,5 +39,6 @@ paper: setup  ## the report's configuration (needs the Hub and a GPU); fails fas
 	$(BIN)/ptqflow hub-check gpt2 fancyzhx/ag_news
 	$(BIN)/dvc exp run -n paper $(PAPER_PARAMS)
 
-test: setup  ## run the test suite
+test: setup  ## lint the GitHub workflow, run the test suite
+	$(BIN)/actionlint .github/workflows/*.yml
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

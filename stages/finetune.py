@@ -15,14 +15,17 @@ def main() -> None:
     parser.add_argument("--checkpoints", default=".cache/finetune", help="epoch checkpoints (a rerun resumes from them)")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
-    from ptqflow.train import finetune
+    from ptqflow.train import finetune, is_main_process
 
     params = load_params(args.params)
     model = load_section(ModelParams, "model", params)
     train = load_section(TrainParams, "train", params)
-    with stage_run("finetune", not args.no_tracking) as run:
+    main_process = is_main_process()
+    with stage_run("finetune", not args.no_tracking and main_process) as run:
         run.log_params({"model": to_dict(model), "train": to_dict(train)})
         metrics = finetune(model, train, args.data, args.out, args.checkpoints)
+        if not main_process:  # other ranks of a torchrun launch: rank 0 writes the outputs
+            return
         write_json(args.metrics, metrics)
         run.log_metrics(metrics)
         run.log_artifact(args.metrics)

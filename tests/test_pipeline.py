@@ -125,6 +125,17 @@ def test_changing_one_variant_reruns_only_that_variant(project):
     assert changed == {"quantize@int8_bnb", "evaluate@int8_bnb", "report"}
 
 
+def test_forced_rerun_gives_identical_predictions(project):
+    """Determinism: `dvc repro --force` retrains and re-evaluates from scratch, with the same seed, the same answers."""
+    root, env, _ = project
+    before = {v: (root / "plots" / "predictions" / f"{v}.csv").read_text() for v in ("fp32", "int8_scratch")}
+    acc = json.loads((root / "metrics/eval/fp32.json").read_text())["accuracy"]
+    out = run(["dvc", "repro", "--force"], root, env)
+    assert "Running stage 'finetune'" in out
+    assert {v: (root / "plots" / "predictions" / f"{v}.csv").read_text() for v in before} == before
+    assert json.loads((root / "metrics/eval/fp32.json").read_text())["accuracy"] == acc
+    assert json.loads((root / "metrics/train.json").read_text())["resumed_from_checkpoint"] is False
+
 def test_queued_experiments_run_in_parallel_and_lose_nothing(tmp_path, shared):
     """`dvc exp run --queue` x3, then `--run-all -j 2`: all finish, `dvc exp show` has their metrics, MLflow every run."""
     env = make_project(tmp_path, shared, ["fp32", "int8_scratch"])

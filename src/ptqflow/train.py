@@ -1,13 +1,16 @@
 """Fine-tune the classifier with the Hugging Face `Trainer` (AdamW, linear warm-up/decay, epoch checkpoints).
 
 Multi-GPU comes from the launcher: `torchrun --nproc-per-node N stages/finetune.py` runs the same code
-data-parallel; `train.batch_size` is per device, so the effective batch is batch_size x world size (recorded).
+data-parallel (the Trainer's DDP). `train.batch_size` is per device, so the effective batch is
+batch_size x world size; the learning rate is not rescaled. Both are recorded in metrics/train.json: to keep
+a 1-GPU run's optimisation on N GPUs, divide `train.batch_size` by N. Only rank 0 writes outputs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -62,10 +65,12 @@ def finetune(
     wall = time.perf_counter() - start
     final_eval = trainer.evaluate()
 
-    with atomic_dir(out_dir) as tmp:
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints only matter for resuming an interrupted run
+    if trainer.is_world_process_zero():  # under torchrun only rank 0 writes
+        with atomic_dir(out_dir) as tmp:
+            trainer.save_model(str(tmp))
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the params are in params.yaml
+            tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints only matter for resuming an interrupted run
 
     history = trainer.state.log_history
     per_epoch = {}
@@ -88,12 +93,20 @@ def finetune(
         "resumed_from_checkpoint": checkpoint is not None,
         "device": device_name(device),
         "world_size": world,
+        "per_device_batch_size": train_params.batch_size,
         "effective_batch_size": train_params.batch_size * world * args.gradient_accumulation_steps,
+        "learning_rate": train_params.lr,
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "train_rows": len(data["train"]),
         "validation_rows": len(data["validation"]),
         "torch": torch.__version__,
     }
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch (torchrun / accelerate launch)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_fingerprint(model_params: ModelParams, train_params: TrainParams, data_meta: dict) -> str:
@@ -122,6 +135,7 @@ def _training_args(p: TrainParams, work_dir: str | Path, device: torch.device) -
         report_to=[],
         use_cpu=device.type == "cpu",
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every parameter takes part in each forward pass
     )
 
 
