@@ -200,7 +200,7 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
     ax.set_ylim(lo, min(1.0, max(values) + 0.01))
     ax.set_xticks(x, [label for _, label in keys])
     ax.set_ylabel("score (macro average)")
-    ax.set_title("Classification metrics by variant")
+    ax.set_title(f"Classification metrics by variant (y axis from {lo:.3f}, zoomed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -120,11 +120,4 @@ def load(artifact_dir: Path, options: Int8ScratchOptions, device: torch.device) 
     return model.to(device)
 
 
-def read_format(artifact_dir: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(artifact_dir / WEIGHTS_FILE), "pt") as fh:
-        return dict(fh.metadata() or {})
-
-
 SCHEME = Scheme("int8_scratch", Int8ScratchOptions, quantize, load, "per-tensor affine INT8, hand-written, dequantized at load")

@@ -8,7 +8,6 @@ Adding a scheme is one module with those functions and one line in `quantize/__i
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -81,7 +80,3 @@ def load_variant(variant: str, raw: Any, artifact_dir: str | Path, device: torch
     model = scheme.load(artifact_dir, options, device)
     model.eval()
     return model, meta
-
-
-def option_fields(scheme: Scheme) -> list[str]:
-    return [f.name for f in dataclasses.fields(scheme.options)]
