@@ -11,22 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON to `path` via a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` via a temporary file and an atomic rename."""
     path = Path(path)
@@ -40,6 +24,11 @@ def write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON to `path`, atomically (see write_text)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
