@@ -22,15 +22,14 @@ from typing import Literal
 
 import torch
 from transformers import BitsAndBytesConfig, GPT2ForSequenceClassification
-
-from ..errors import PtqflowError
 from transformers.pytorch_utils import Conv1D
 
+from ..errors import PtqflowError
 from .common import count_conv1d, load_finetuned, runtime_device
 from .registry import Scheme
 
-KEEP_FULL_PRECISION = ["score"]
-CPU_4BIT_BLOCK = 64  # the classification head
+KEEP_FULL_PRECISION = ["score"]  # the classification head
+CPU_4BIT_BLOCK = 64  # input features per block in bitsandbytes' CPU 4-bit packing
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
