@@ -29,9 +29,13 @@ def main() -> None:
         metrics, predictions = evaluate_variant(v, raw, args.artifact or f"models/quantized/{v}", args.data, evaluation)
         write_json(metrics_path, metrics)
         write_text(predictions_path, predictions.to_csv(index=False))
+        run.log_artifact(metrics_path)
+        if "skipped" in metrics:
+            run.set_tags({"device": metrics["environment"]["device_name"], "skipped": metrics["skipped"]})
+            print(f"evaluate@{v}: skipped on this machine: {metrics['skipped']}")
+            return
         run.log_metrics(metrics)
         run.set_tags({"device": metrics["environment"]["device_name"], "runtime_dtype": metrics["runtime_dtype"]})
-        run.log_artifact(metrics_path)
         print(f"evaluate@{v}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
               f"{metrics['size_on_disk']['MiB']:.2f} MiB, {metrics['latency']['median_ms']:.2f} ms/batch")
 

@@ -17,6 +17,7 @@ def main() -> None:
     parser.add_argument("--figures", default="plots/figures", help="figures folder")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
+    from ptqflow.io import read_json
     from ptqflow.report import build_report, format_table
 
     params = load_params(args.params)
@@ -31,6 +32,9 @@ def main() -> None:
         for png in sorted(Path(args.figures).glob("*.png")):
             run.log_artifact(png)
         print(format_table(rows, report.size_unit))
+        rec = read_json(args.comparison)["recommendation"]
+        print(f"recommended: smallest acceptable {rec['smallest']}, fastest acceptable {rec['fastest']} "
+              f"(Pareto front: {', '.join(rec['pareto_front'])})")
 
 
 if __name__ == "__main__":

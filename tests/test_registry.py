@@ -8,6 +8,7 @@ import yaml
 from ptqflow.config import DataParams, EvalParams, ModelParams, ReportParams, TrainParams, build, load_section
 from ptqflow.errors import PtqflowError
 from ptqflow.quantize import SCHEMES, resolve
+from ptqflow.quantize.registry import COMMON_KEYS, run_options
 
 from .conftest import ROOT
 
@@ -15,12 +16,14 @@ from .conftest import ROOT
 def test_every_variant_in_params_yaml_resolves():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(params["variants"]) >= {"fp32", "int8_scratch", "int8_bnb", "nf4_bnb"}
-    for name, raw in params["variants"].items():
-        scheme, options = resolve(name, raw)
-        assert scheme.name == raw["scheme"]
-        for key, value in raw.items():
-            if key != "scheme":
-                assert getattr(options, key) == value, (name, key)
+    for path in (ROOT / "params.yaml", ROOT / "benchmarks" / "variants.yaml", ROOT / "benchmarks" / "variants-fast.yaml"):
+        for name, raw in yaml.safe_load(path.read_text())["variants"].items():
+            scheme, options = resolve(name, raw)
+            assert scheme.name == raw["scheme"]
+            assert run_options(name, raw).compile == raw.get("compile", "none")
+            for key, value in raw.items():
+                if key not in COMMON_KEYS:
+                    assert getattr(options, key) == value, (path.name, name, key)
 
 
 def test_every_section_of_params_yaml_validates():

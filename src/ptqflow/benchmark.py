@@ -3,7 +3,8 @@
 A fixed batch (`batch_size` rows padded to `seq_len` tokens) is run `warmup` times untimed, then `iters`
 times timed, one forward pass each, under `torch.inference_mode()`. On CUDA each pass is timed with CUDA
 events and a synchronize before reading them; on CPU with `time.perf_counter` around the pass, at a
-recorded thread count. Reported: median, p95, min, max, mean and standard deviation in ms, throughput
+recorded thread count. The first warm-up pass is also timed on its own (`first_call_ms`): for a
+variant run through `torch.compile` it includes the compilation, kept apart from the latency. Reported: median, p95, min, max, mean and standard deviation in ms, throughput
 = batch_size / median (samples/s), and peak memory (CUDA: `max_memory_allocated`; CPU: the process's
 peak resident set size, which includes everything loaded before).
 """
@@ -45,10 +46,16 @@ def summarize(times_ms: list[float], batch_size: int) -> dict:
 @torch.inference_mode()
 def measure_latency(model: torch.nn.Module, batch: dict[str, torch.Tensor], warmup: int, iters: int) -> dict:
     """Time `iters` forward passes of `batch` after `warmup` untimed ones (protocol in the module docstring)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
-    for _ in range(warmup):
+    first_call_ms = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
         model(**batch)
+        if i == 0:  # timed on its own: for a compiled model this is where compilation happens
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first_call_ms = round((time.perf_counter() - t0) * 1000.0, 2)
     times: list[float] = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -74,10 +81,18 @@ def measure_latency(model: torch.nn.Module, batch: dict[str, torch.Tensor], warm
         "seq_len": int(seq_len),
         "warmup": warmup,
         "iters": iters,
+        "first_call_ms": first_call_ms,
         "timer": "cuda events + synchronize" if device.type == "cuda" else "time.perf_counter",
         "threads": torch.get_num_threads(),
         **peak,
     }
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (int8 models may hold only buffers)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def peak_rss_bytes() -> int:
@@ -122,11 +137,19 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds; a tensor subclass (torchao's quantized weights) is counted by its inner tensors."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def memory_footprint(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters and buffers as held in memory (transformers' get_memory_footprint)."""
-    if hasattr(model, "get_memory_footprint"):
-        return int(model.get_memory_footprint())
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    """Bytes of the model's parameters and buffers as held in memory, plus what modules hold outside them
+    (`extra_memory_bytes()`, e.g. fbgemm's packed int8 weights)."""
+    base = sum(tensor_bytes(t) for t in [*model.parameters(), *model.buffers()])
+    return base + sum(int(m.extra_memory_bytes()) for m in model.modules() if hasattr(m, "extra_memory_bytes"))
 
 
 def size_record(n_bytes: int) -> dict:
@@ -179,6 +202,7 @@ def run_bench(
 
     from .errors import PtqflowError
     from .quantize import load_variant, quantize_variant
+    from .quantize.registry import run_options
     from .quantize.common import weights_bytes
 
     results, model_info = [], {}
@@ -191,7 +215,7 @@ def run_bench(
             record: dict = {"variant": name, "scheme": raw.get("scheme")}
             try:
                 if config_dir:
-                    quantize_variant(name, raw, src, art)
+                    quantize_variant(name, raw, src, art, device)
                 if device.type == "cuda":  # release whatever the quantize step or the last variant left
                     gc.collect()
                     torch.cuda.empty_cache()
@@ -201,6 +225,8 @@ def run_bench(
                     record["gpu_memory_after_load_bytes"] = int(torch.cuda.memory_allocated(device) - before)
                 record.update(
                     runtime_dtype=meta.get("runtime_dtype"),
+                    compile=run_options(name, raw).compile,
+                    runtime=getattr(model, "ptqflow_runtime", {}),
                     size_on_disk=size_record(weights_bytes(art)),
                     memory_footprint=size_record(memory_footprint(model)),
                     latency=bench_variant(model, batch_sizes, seq_len, warmup, iters),
@@ -235,8 +261,9 @@ def bench_markdown(bench: dict) -> str:
         f"{proto['iters']} timed forward passes per point; {proto['input']}.",
         f"Command: `{bench['command']}`",
         "",
-        "| variant | run-time dtype | size (MiB) | batch | median (ms) | p95 (ms) | samples/s | vs fp32 | vs fp16 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | run-time dtype | compile | size (MiB) | GPU mem after load (MiB) | batch | median (ms) | p95 (ms) | "
+        "first call (ms) | samples/s | vs fp32 | vs fp16 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ok:
         for bs, lat in by[r["variant"]].items():
@@ -244,10 +271,13 @@ def bench_markdown(bench: dict) -> str:
             ref16 = by.get("fp16", {}).get(bs)
             vs32 = f"{ref32['median_ms'] / lat['median_ms']:.2f}x" if ref32 else "-"
             vs16 = f"{ref16['median_ms'] / lat['median_ms']:.2f}x" if ref16 else "-"
-            lines.append(
-                f"| {r['variant']} | {r['runtime_dtype']} | {r['size_on_disk']['MiB']:.2f} | {bs} | {lat['median_ms']:.2f} | "
-                f"{lat['p95_ms']:.2f} | {lat['throughput_samples_per_s']:.1f} | {vs32} | {vs16} |"
-            )
+            mem = r.get("gpu_memory_after_load_bytes")
+            cells = [
+                r["variant"], r["runtime_dtype"], r.get("compile", "none"), f"{r['size_on_disk']['MiB']:.2f}",
+                f"{mem / 2**20:.1f}" if mem is not None else "-", str(bs), f"{lat['median_ms']:.2f}", f"{lat['p95_ms']:.2f}",
+                str(lat.get("first_call_ms", "-")), f"{lat['throughput_samples_per_s']:.1f}", vs32, vs16,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     for r in bench["results"]:
         if "skipped" in r:
             lines.append(f"\n`{r['variant']}` skipped: {r['skipped']}")

@@ -66,7 +66,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 def _table(args: argparse.Namespace) -> None:
     from .config import ReportParams, load_params, load_section
-    from .report import collect, format_table, summary_rows
+    from .report import collect, format_table, split_skipped, summary_rows
 
     from pathlib import Path
 
@@ -76,8 +76,11 @@ def _table(args: argparse.Namespace) -> None:
     report = load_section(ReportParams, "report", params)
     comparison = Path(args.metrics_dir).parent / "comparison.json"
     stats = {k: v["stats"] for k, v in read_json(comparison)["variants"].items()} if comparison.is_file() else None
-    rows = summary_rows(collect(list(params.get("variants") or {}), args.metrics_dir), report, stats)
+    metrics, skipped = split_skipped(collect(list(params.get("variants") or {}), args.metrics_dir))
+    rows = summary_rows(metrics, report, stats)
     print(format_table(rows, report.size_unit))
+    for name, why in skipped.items():
+        print(f"{name}: skipped on the machine that evaluated it: {why}")
 
 
 def build_parser() -> argparse.ArgumentParser:

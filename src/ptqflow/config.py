@@ -104,9 +104,12 @@ class ReportParams:
     alpha: float = 0.05  # McNemar significance level
     bootstrap_resamples: int = 2000
     seed: int = 0
+    max_accuracy_drop: float = 0.005  # recommendation: accept a significant drop up to this (fraction; 0.005 = 0.5 points)
 
     def __post_init__(self) -> None:
         _check(0 < self.alpha < 1, "report.alpha", "a number in (0, 1)", self.alpha)
+        _check(0 <= self.max_accuracy_drop < 1, "report.max_accuracy_drop", "a fraction in [0, 1) (0.005 = 0.5 points)",
+               self.max_accuracy_drop)
         _check(self.bootstrap_resamples >= 1000, "report.bootstrap_resamples", "an integer >= 1000", self.bootstrap_resamples)
 
 

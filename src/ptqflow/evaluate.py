@@ -15,11 +15,12 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from .benchmark import environment, measure_latency, memory_footprint, size_record
+from .benchmark import environment, measure_latency, memory_footprint, model_device, size_record
 from .config import EvalParams
 from .data import load_prepared
 from .modeling import pick_device
-from .quantize import load_variant
+from .quantize import VariantSkipped, load_variant
+from .quantize.registry import run_options
 from .quantize.common import weights_bytes
 
 
@@ -36,12 +37,15 @@ def pad_batch(rows: list[list[int]], pad_id: int, length: int | None = None) -> 
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, input_ids: list[list[int]], batch_size: int, pad_id: int, desc: str = "predict") -> np.ndarray:
-    """Arg-max class of each example, in order; batches padded to their longest row."""
-    device = next(model.parameters()).device
+def predict(
+    model: torch.nn.Module, input_ids: list[list[int]], batch_size: int, pad_id: int, desc: str = "predict",
+    length: int | None = None,
+) -> np.ndarray:
+    """Arg-max class of each example, in order; batches padded to `length` (default: their longest row)."""
+    device = model_device(model)
     preds = []
     for start in tqdm(range(0, len(input_ids), batch_size), desc=desc, unit="batch"):
-        batch = pad_batch(input_ids[start : start + batch_size], pad_id)
+        batch = pad_batch(input_ids[start : start + batch_size], pad_id, length)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         preds.append(logits.argmax(-1).cpu().numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=int)
@@ -83,24 +87,33 @@ def evaluate_variant(
     device = pick_device(params.device)
     data, meta = load_prepared(prepared_dir)
     classes, test = meta["classes"], data["test"]
-    model, qmeta = load_variant(variant, raw_variant, artifact_dir, device)
+    try:
+        model, qmeta = load_variant(variant, raw_variant, artifact_dir, device)
+    except VariantSkipped as exc:
+        return skipped_metrics(variant, raw_variant, str(exc), device), pd.DataFrame({"actual": [], "predicted": []})
     pad_id = model.config.pad_token_id
+    compiled = run_options(variant, raw_variant).compile
 
-    start = time.perf_counter()
-    y_pred = predict(model, test["input_ids"], params.batch_size, pad_id, desc=f"evaluate@{variant}")
-    predict_s = time.perf_counter() - start
-    y_true = np.asarray(test["labels"])
-
+    # latency first: for a compiled variant its first call holds the compilation, timed apart
     lat = params.latency
     rows = [test["input_ids"][i % len(test)] for i in range(lat.batch_size)]
     batch = pad_batch(rows, pad_id, length=meta["max_length"])
     latency = measure_latency(model, batch, lat.warmup, lat.iters)
 
+    start = time.perf_counter()
+    # compiled variants get fixed-length batches: one shape to compile (and one CUDA graph) instead of many
+    length = meta["max_length"] if compiled != "none" else None
+    y_pred = predict(model, test["input_ids"], params.batch_size, pad_id, desc=f"evaluate@{variant}", length=length)
+    predict_s = time.perf_counter() - start
+    y_true = np.asarray(test["labels"])
+
     metrics = {
         "variant": variant,
         "scheme": qmeta["scheme"],
         "options": qmeta["options"],
+        "compile": compiled,
         "runtime_dtype": qmeta.get("runtime_dtype"),
+        "runtime": getattr(model, "ptqflow_runtime", {}),
         "quantization": {k: v for k, v in qmeta.items() if k not in ("variant", "scheme", "options", "runtime_dtype")},
         **classification_metrics(y_true, y_pred, classes),
         "test_rows": int(len(y_true)),
@@ -112,3 +125,8 @@ def evaluate_variant(
     }
     predictions = pd.DataFrame({"actual": [classes[i] for i in y_true], "predicted": [classes[i] for i in y_pred]})
     return metrics, predictions
+
+
+def skipped_metrics(variant: str, raw_variant: dict, reason: str, device: torch.device) -> dict:
+    """What a variant that cannot run here reports instead of scores: that it was skipped, and why."""
+    return {"variant": variant, "scheme": raw_variant.get("scheme"), "skipped": reason, "environment": environment(device)}

@@ -3,6 +3,14 @@
 Compression = size_on_disk(baseline) / size_on_disk(variant); speedup = median latency(baseline) /
 median latency(variant); both against `report.baseline` (fp32), measured in the same pipeline run with
 the same latency protocol. Sizes are shown in `report.size_unit` (MiB = 2**20 bytes unless set to MB).
+
+The recommendation is computed from these numbers, nothing about it is fixed in code. A variant is
+*acceptable* when its accuracy drop against the baseline is not significant (McNemar p >= alpha) or is at
+most `report.max_accuracy_drop` (a fraction: 0.005 = 0.5 points). Among the acceptable variants (the
+baseline included) the report names the smallest on disk (ties: the faster) and the fastest by median
+latency (ties: the smaller). Variant A dominates B when A is at least as accurate, as small and as fast,
+and strictly better in one of them; the Pareto front is the set of variants no other variant dominates.
+Variants that could not run on this machine (`skipped`) are listed apart, with the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from .config import ReportParams  # noqa: E402
 from .errors import PtqflowError  # noqa: E402
 from .io import atomic_dir, read_json, write_json, write_text  # noqa: E402
 
-FIGURES = ("metrics_comparison.png", "size_latency.png")
+FIGURES = ("metrics_comparison.png", "size_latency.png", "pareto.png")
 
 
 def collect(variants: list[str], metrics_dir: str | Path) -> dict[str, dict]:
@@ -32,6 +40,12 @@ def collect(variants: list[str], metrics_dir: str | Path) -> dict[str, dict]:
             raise PtqflowError(f"{path}: missing (run: dvc repro evaluate@{name})")
         out[name] = read_json(path)
     return out
+
+
+def split_skipped(metrics: dict[str, dict]) -> tuple[dict[str, dict], dict[str, str]]:
+    """(metrics of the variants that ran, {variant: why it was skipped})."""
+    ran = {n: m for n, m in metrics.items() if "skipped" not in m}
+    return ran, {n: m["skipped"] for n, m in metrics.items() if "skipped" in m}
 
 
 def compare_all(variants: list[str], predictions_dir: str | Path, params: ReportParams) -> dict[str, dict]:
@@ -77,8 +91,11 @@ def summary_rows(metrics: dict[str, dict], params: ReportParams, stats: dict[str
                 "f1": m["f1_macro"],
                 "size": m["size_on_disk"][params.size_unit],
                 "memory": m["memory_footprint"][params.size_unit],
+                "size_bytes": m["size_on_disk"]["bytes"],
                 "latency_ms": m["latency"]["median_ms"],
                 "latency_p95_ms": m["latency"]["p95_ms"],
+                "compile": m.get("compile", "none"),
+                "first_call_ms": m["latency"].get("first_call_ms"),
                 "compression": base["size_on_disk"]["bytes"] / m["size_on_disk"]["bytes"],
                 "speedup": base["latency"]["median_ms"] / m["latency"]["median_ms"],
                 "speedup_vs_half": half["latency"]["median_ms"] / m["latency"]["median_ms"] if half else None,
@@ -87,6 +104,71 @@ def summary_rows(metrics: dict[str, dict], params: ReportParams, stats: dict[str
             }
         )
     return rows
+
+
+def dominates(a: dict, b: dict) -> bool:
+    """a is at least as accurate, as small and as fast as b, and strictly better in one of the three."""
+    ge = a["accuracy"] >= b["accuracy"] and a["size_bytes"] <= b["size_bytes"] and a["latency_ms"] <= b["latency_ms"]
+    gt = a["accuracy"] > b["accuracy"] or a["size_bytes"] < b["size_bytes"] or a["latency_ms"] < b["latency_ms"]
+    return ge and gt
+
+
+def pareto_front(rows: list[dict]) -> list[str]:
+    """Variants that no other variant dominates (accuracy up, size and latency down), in row order."""
+    return [r["variant"] for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
+
+
+def acceptable(row: dict, base: dict, params: ReportParams) -> tuple[bool, str]:
+    """Whether the variant's accuracy is acceptable against the baseline, and why (module docstring)."""
+    if row["variant"] == base["variant"]:
+        return True, "the baseline"
+    drop = base["accuracy"] - row["accuracy"]
+    st = row.get("stats")
+    if st and st["mcnemar_p"] >= params.alpha:
+        return True, f"drop {drop * 100:+.2f} pts not significant (McNemar p = {st['mcnemar_p']:.3g} >= {params.alpha})"
+    if drop <= params.max_accuracy_drop:
+        return True, f"drop {drop * 100:+.2f} pts within report.max_accuracy_drop ({params.max_accuracy_drop * 100:.2f} pts)"
+    p = f", McNemar p = {st['mcnemar_p']:.3g}" if st else ""
+    return False, f"drop {drop * 100:+.2f} pts{p}: significant and above report.max_accuracy_drop ({params.max_accuracy_drop * 100:.2f} pts)"
+
+
+def recommend(rows: list[dict], params: ReportParams) -> dict:
+    """The smallest and the fastest acceptable variant, with every variant's verdict and the Pareto front."""
+    base = next(r for r in rows if r["variant"] == params.baseline)
+    verdicts = {r["variant"]: acceptable(r, base, params) for r in rows}
+    ok = [r for r in rows if verdicts[r["variant"]][0]]
+    smallest = min(ok, key=lambda r: (r["size_bytes"], r["latency_ms"]))
+    fastest = min(ok, key=lambda r: (r["latency_ms"], r["size_bytes"]))
+    return {
+        "smallest": smallest["variant"],
+        "fastest": fastest["variant"],
+        "acceptable": [r["variant"] for r in ok],
+        "verdicts": {n: {"acceptable": v[0], "why": v[1]} for n, v in verdicts.items()},
+        "pareto_front": pareto_front(rows),
+        "max_accuracy_drop": params.max_accuracy_drop,
+        "alpha": params.alpha,
+    }
+
+
+def recommendation_markdown(rec: dict, rows: list[dict], params: ReportParams) -> str:
+    by = {r["variant"]: r for r in rows}
+
+    def line(name: str) -> str:
+        r = by[name]
+        return (f"`{name}`: {r['size']:.2f} {params.size_unit} ({r['compression']:.2f}x smaller than `{params.baseline}`), "
+                f"{r['latency_ms']:.2f} ms median ({r['speedup']:.2f}x), accuracy {r['accuracy']:.4f}; "
+                f"{rec['verdicts'][name]['why']}")
+
+    out = [
+        f"- Smallest acceptable variant: {line(rec['smallest'])}.",
+        f"- Fastest acceptable variant: {line(rec['fastest'])}.",
+        f"- Pareto front (accuracy, size, latency): {', '.join(f'`{n}`' for n in rec['pareto_front'])}.",
+        "",
+        "| variant | acceptable | why |",
+        "|---|---|---|",
+        *[f"| {n} | {'yes' if v['acceptable'] else 'no'} | {v['why']} |" for n, v in rec["verdicts"].items()],
+    ]
+    return "\n".join(out)
 
 
 def format_table(rows: list[dict], unit: str) -> str:
@@ -123,11 +205,14 @@ def table1(rows: list[dict], unit: str) -> str:
         (f"Size on disk ({unit})", "size", "{:.2f}"), (f"Memory footprint ({unit})", "memory", "{:.2f}"),
         ("Inference median (ms)", "latency_ms", "{:.2f}"), ("Inference p95 (ms)", "latency_p95_ms", "{:.2f}"),
         ("Compression", "compression", "{:.2f}x"), ("Speedup vs fp32", "speedup", "{:.2f}x"),
+        ("torch.compile mode", "compile", "{}"),
     ]
     lines = ["| Metric | " + " | ".join(r["variant"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
     for label, key, fmt in spec:
         lines.append(f"| {label} | " + " | ".join(fmt.format(r[key]) for r in rows) + " |")
     lines.append("| Speedup vs half precision | " + " | ".join(_x(r["speedup_vs_half"]) for r in rows) + " |")
+    lines.append("| First call (ms; includes compilation) | " + " | ".join(
+        f"{r['first_call_ms']:.1f}" if r["first_call_ms"] is not None else "-" for r in rows) + " |")
     if all("stats" in r for r in rows):
         lines.append("| Accuracy Δ vs baseline [95% CI] | " + " | ".join(_delta(r["stats"]) for r in rows) + " |")
         lines.append("| Agreement with baseline | " + " | ".join(f"{r['stats']['agreement']:.4f}" for r in rows) + " |")
@@ -143,7 +228,10 @@ def per_class_table(m: dict) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(metrics: dict[str, dict], rows: list[dict], params: ReportParams, figures: list[str]) -> str:
+def render_markdown(
+    metrics: dict[str, dict], rows: list[dict], params: ReportParams, figures: list[str],
+    rec: dict | None = None, skipped: dict[str, str] | None = None,
+) -> str:
     base = metrics[params.baseline]
     lat, env = base["latency"], base["environment"]
     unit_note = "MiB = 2^20 bytes" if params.size_unit == "MiB" else "MB = 10^6 bytes"
@@ -171,6 +259,15 @@ def render_markdown(metrics: dict[str, dict], rows: list[dict], params: ReportPa
         *[f"- `{r['variant']}` ({r['scheme']}): {r['runtime_dtype']}" for r in rows],
         "",
     ]
+    if skipped:
+        out += ["## Variants not run on this machine", "",
+                *[f"- `{name}`: {why}" for name, why in skipped.items()], ""]
+    if rec:
+        out += ["## Recommendation", "",
+                f"Acceptable: accuracy drop against `{params.baseline}` not significant (McNemar p >= {params.alpha}) or at most "
+                f"{params.max_accuracy_drop * 100:.2f} points (`report.max_accuracy_drop`). Latency is the median above, "
+                "on this machine; compilation time is not included.", "",
+                recommendation_markdown(rec, rows, params), "", "![pareto](" + next(f for f in figures if "pareto" in f) + ")", ""]
     for i, (name, m) in enumerate(metrics.items(), start=2):
         out += [f"## Table {i}: per-class metrics, {name}", "", per_class_table(m), ""]
     out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
@@ -227,6 +324,41 @@ def plot_size_latency(rows: list[dict], unit: str, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_pareto(rows: list[dict], rec: dict, params: ReportParams, path: Path) -> None:
+    """Accuracy against size and against latency, each variant a labelled point; the non-dominated points of
+    each view joined by a line; filled markers = on the 3-way (accuracy, size, latency) Pareto front."""
+    front = set(rec["pareto_front"])
+    base = next(r for r in rows if r["variant"] == params.baseline)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    for ax, key, label in ((axes[0], "size", f"weights on disk ({params.size_unit}, log scale)"),
+                           (axes[1], "latency_ms", "median latency per batch (ms, log scale)")):
+        view = [r for r in rows if not any(
+            o["accuracy"] >= r["accuracy"] and o[key] <= r[key] and (o["accuracy"] > r["accuracy"] or o[key] < r[key])
+            for o in rows if o is not r)]
+        view.sort(key=lambda r: r[key])
+        ax.plot([r[key] for r in view], [r["accuracy"] for r in view], "-", color="tab:green", lw=1.2, label="non-dominated in this view")
+        for r in rows:
+            on = r["variant"] in front
+            ok = rec["verdicts"][r["variant"]]["acceptable"]
+            if ok:
+                ax.scatter(r[key], r["accuracy"], s=45, marker="o", facecolors="tab:blue" if on else "none", edgecolors="tab:blue")
+            else:
+                ax.scatter(r[key], r["accuracy"], s=45, marker="x", c="tab:red")
+            ax.annotate(r["variant"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axhline(base["accuracy"] - params.max_accuracy_drop, ls="--", color="grey", lw=0.8,
+                   label=f"{params.baseline} - max_accuracy_drop")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Accuracy vs size and latency (filled: Pareto front; x: not acceptable). "
+                 f"Smallest acceptable: {rec['smallest']}; fastest: {rec['fastest']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def build_report(
     variants: list[str],
     metrics_dir: str | Path,
@@ -237,12 +369,17 @@ def build_report(
     comparison_path: str | Path,
 ) -> list[dict]:
     """Write the markdown report, the figures and metrics/comparison.json; returns the summary rows."""
-    metrics = collect(variants, metrics_dir)
-    rows = summary_rows(metrics, params, compare_all(variants, predictions_dir, params))
+    metrics, skipped = split_skipped(collect(variants, metrics_dir))
+    if params.baseline in skipped:
+        raise PtqflowError(f"report.baseline {params.baseline!r} was skipped on this machine: {skipped[params.baseline]}")
+    rows = summary_rows(metrics, params, compare_all(list(metrics), predictions_dir, params))
+    rec = recommend(rows, params)
     write_json(comparison_path, {
         "baseline": params.baseline,
         "half_baseline": params.half_baseline if params.half_baseline in metrics else None,
         "variants": {r["variant"]: {k: r[k] for k in ("compression", "speedup", "speedup_vs_half", "stats")} for r in rows},
+        "recommendation": rec,
+        "skipped": skipped,
     })
     names = [f"confusion_{name}.png" for name in metrics] + list(FIGURES)
     with atomic_dir(figures_dir) as tmp:
@@ -250,6 +387,7 @@ def build_report(
             plot_confusion(m, tmp / f"confusion_{name}.png")
         plot_metrics(rows, tmp / FIGURES[0])
         plot_size_latency(rows, params.size_unit, tmp / FIGURES[1])
+        plot_pareto(rows, rec, params, tmp / FIGURES[2])
     links = [os.path.relpath(Path(figures_dir) / n, Path(report_path).parent) for n in names]
-    write_text(report_path, render_markdown(metrics, rows, params, links))
+    write_text(report_path, render_markdown(metrics, rows, params, links, rec, skipped))
     return rows

@@ -11,31 +11,39 @@ whose magnitude exceeds `llm_int8_threshold` are multiplied in 16/32-bit, the re
 disables that outlier decomposition). NF4: 4-bit codes of a normal-quantile code book per block of 64
 weights, block absmax constants themselves quantized to 8 bits (double quantization); matrix products
 run in `compute_dtype` after dequantizing each block.
+
+`embeddings: int8 | int4` (embedding.py) also quantizes the token and position tables, which bitsandbytes
+leaves in full precision: their quantized codes and scales are saved in the bitsandbytes
+checkpoint in place of the float tables and attached as quantized lookups at load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 from transformers import BitsAndBytesConfig, GPT2ForSequenceClassification
+from transformers.utils import logging as hf_logging
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import PtqflowError
-from .common import count_conv1d, load_finetuned, runtime_device
+from .common import DTYPES, count_conv1d, load_finetuned, runtime_device
+from .embedding import EMBEDDING_MODULES, EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, quantize_embeddings
 from .registry import Scheme
 
 KEEP_FULL_PRECISION = ["score"]  # the classification head
 CPU_4BIT_BLOCK = 64  # input features per block in bitsandbytes' CPU 4-bit packing
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class Int8BnbOptions:
     llm_int8_threshold: float = 6.0  # bitsandbytes' default; 0 turns the outlier decomposition off
+    embeddings: EmbeddingMode = "keep"
 
     def __post_init__(self) -> None:
         if self.llm_int8_threshold < 0:
@@ -47,6 +55,7 @@ class Nf4BnbOptions:
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     double_quant: bool = True
     quant_type: Literal["nf4", "fp4"] = "nf4"
+    embeddings: EmbeddingMode = "keep"
 
 
 def int8_config(options: Int8BnbOptions) -> BitsAndBytesConfig:
@@ -95,7 +104,7 @@ def check_cpu_4bit_shapes(model: torch.nn.Module, device: torch.device) -> None:
         )
 
 
-def _quantize_with(config: BitsAndBytesConfig, src_dir: Path, out_dir: Path) -> dict:
+def _quantize_with(config: BitsAndBytesConfig, embeddings: EmbeddingMode, src_dir: Path, out_dir: Path) -> dict:
     fp_model = load_finetuned(src_dir)
     expected = count_conv1d(fp_model)
     device = runtime_device()
@@ -103,37 +112,72 @@ def _quantize_with(config: BitsAndBytesConfig, src_dir: Path, out_dir: Path) -> 
         check_cpu_4bit_shapes(fp_model, device)
     model = GPT2ForSequenceClassification.from_pretrained(str(src_dir), quantization_config=config, device_map=device.type)
     replaced = check_replaced(model, expected)
-    model.save_pretrained(str(out_dir))
+    n_parameters = model.num_parameters()
+    emb = quantize_embeddings(model, embeddings, model.transformer.ln_f.weight.dtype)
+    model.save_pretrained(str(out_dir))  # the quantized embeddings' buffers (codes, scale) replace wte/wpe.weight
+    if emb and set(emb) - set(_stored_keys(out_dir)):
+        raise PtqflowError(f"{out_dir}: save_pretrained did not store the quantized embeddings")
+    kept = ["layer norms", *KEEP_FULL_PRECISION] + ([] if emb else list(EMBEDDING_MODULES))
     return {
         "quantized_modules": replaced,
         "conv1d_projections": expected,
-        "kept_full_precision": ["transformer.wte", "transformer.wpe", "layer norms", *KEEP_FULL_PRECISION],
+        "quantized_embeddings": len(emb) // 2,
+        "kept_full_precision": kept,
         "quantized_on": device.type,
-        "n_parameters": model.num_parameters(),
+        "n_parameters": n_parameters,
     }
 
 
-def load_quantized(artifact_dir: Path, device: torch.device) -> torch.nn.Module:
-    model = GPT2ForSequenceClassification.from_pretrained(str(artifact_dir), device_map=device.type)
+def load_quantized(artifact_dir: Path, embeddings: EmbeddingMode, device: torch.device) -> torch.nn.Module:
+    quiet = _quiet_transformers() if embeddings != "keep" else contextlib.nullcontext()
+    with quiet:  # the embeddings are not in the bitsandbytes checkpoint: transformers would warn they are "newly initialized"
+        model = GPT2ForSequenceClassification.from_pretrained(str(artifact_dir), device_map=device.type)
+    if embeddings != "keep":
+        tensors = {}
+        for path in artifact_dir.glob("*.safetensors"):
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                tensors.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(EMBEDDING_MODULES)})
+        attach_embeddings(model, embeddings, tensors, model.transformer.ln_f.weight.dtype)
+        if count_quantized_embeddings(model) != len(EMBEDDING_MODULES):
+            raise PtqflowError(f"{artifact_dir}: the quantized embeddings were not attached")
     expected = 4 * model.config.n_layer
     check_replaced(model, expected)
     return model
 
 
+def _stored_keys(artifact_dir: Path) -> list[str]:
+    keys: list[str] = []
+    for path in artifact_dir.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            keys += list(f.keys())
+    return keys
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def quantize_int8(src_dir: Path, out_dir: Path, options: Int8BnbOptions) -> dict:
-    info = _quantize_with(int8_config(options), src_dir, out_dir)
-    return {"runtime_dtype": "int8 weights; LLM.int8 matmul on float16-cast activations, outlier columns in float16", **info}
+    info = _quantize_with(int8_config(options), options.embeddings, src_dir, out_dir)
+    rt = "int8 weights; LLM.int8 matmul on float16-cast activations, outlier columns in float16"
+    return {"runtime_dtype": f"{rt}; {describe(options.embeddings)}", **info}
 
 
 def quantize_nf4(src_dir: Path, out_dir: Path, options: Nf4BnbOptions) -> dict:
-    info = _quantize_with(nf4_config(options), src_dir, out_dir)
-    return {"runtime_dtype": f"{options.quant_type} weights, {options.compute_dtype} compute", **info}
+    info = _quantize_with(nf4_config(options), options.embeddings, src_dir, out_dir)
+    return {"runtime_dtype": f"{options.quant_type} weights, {options.compute_dtype} compute; {describe(options.embeddings)}", **info}
 
 
 def load(artifact_dir: Path, options, device: torch.device) -> torch.nn.Module:
     # LLM.int8 warns on every forward that it casts float32 activations to float16; runtime_dtype says so once.
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-    return load_quantized(artifact_dir, device)
+    return load_quantized(artifact_dir, options.embeddings, device)
 
 
 INT8 = Scheme("bnb_int8", Int8BnbOptions, quantize_int8, load, "bitsandbytes LLM.int8 on the Conv1D projections")

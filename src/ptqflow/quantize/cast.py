@@ -14,10 +14,8 @@ from typing import Literal
 import torch
 from transformers import GPT2ForSequenceClassification
 
-from .common import load_finetuned
+from .common import DTYPES, load_finetuned
 from .registry import Scheme
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass

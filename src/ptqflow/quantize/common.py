@@ -11,6 +11,8 @@ from transformers.pytorch_utils import Conv1D
 from ..errors import PtqflowError
 from ..io import dir_size_bytes
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GPT2ForSequenceClassification:
     """The fine-tuned model; a damaged or truncated weights file is reported, never loaded as garbage."""
@@ -25,6 +27,30 @@ def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: tor
 def count_conv1d(model: torch.nn.Module) -> int:
     """GPT-2's attention and MLP projections are transformers' Conv1D (4 per block: c_attn, c_proj, c_fc, mlp.c_proj)."""
     return sum(isinstance(m, Conv1D) for m in model.modules())
+
+
+def conv1d_names(model: torch.nn.Module) -> list[str]:
+    """Qualified names of the Conv1D projections, in module order."""
+    return [name for name, m in model.named_modules() if isinstance(m, Conv1D)]
+
+
+def conv1d_to_linear(model: torch.nn.Module) -> list[str]:
+    """Replace every Conv1D (y = x W + b, W stored [in, out]) by the equal nn.Linear (weight W^T); returns their names."""
+    names = conv1d_names(model)
+    for name in names:
+        conv = model.get_submodule(name)
+        k, n = conv.weight.shape
+        linear = torch.nn.Linear(k, n, dtype=conv.weight.dtype, device=conv.weight.device)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.t())
+            linear.bias.copy_(conv.bias)
+        replace_module(model, name, linear)
+    return names
+
+
+def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
 def weights_bytes(artifact_dir: Path) -> int:

@@ -21,6 +21,9 @@ scale = |c| (or 1 when c = 0), which round-trips exactly and never divides by ze
 The artifact holds q (int8) plus one float32 scale and one int32 zero point per tensor, in safetensors
 (about a quarter of the FP32 file). `load` dequantizes once at load time, as the report does: the model
 then runs in float32 (`runtime_dtype`), so it saves disk, not run-time memory or time.
+
+`embeddings: int8 | int4` stores the token and position tables instead per row / per group of 32
+(embedding.py) and keeps them quantized in memory; `keep` (default) treats them like every other tensor.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from transformers import AutoConfig, GPT2ForSequenceClassification
 
 from ..errors import PtqflowError
 from .common import load_finetuned
+from .embedding import EmbeddingMode, attach_embeddings, describe, quantize_embeddings, split_embedding_tensors
 from .registry import Scheme
 
 QMIN, QMAX = -128, 127
@@ -44,7 +48,7 @@ FORMAT = "ptqflow-int8-affine-per-tensor"
 
 @dataclass
 class Int8ScratchOptions:
-    pass
+    embeddings: EmbeddingMode = "keep"  # keep: per-tensor like the rest (the report); int8 / int4: embedding.py
 
 
 def quantize_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,17 +96,21 @@ def dequantize_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def quantize(src_dir: Path, out_dir: Path, options: Int8ScratchOptions) -> dict:
     model = load_finetuned(src_dir)
+    n_parameters = model.num_parameters()
+    embeddings = quantize_embeddings(model, options.embeddings, torch.float32)
     floating = [n for n, p in model.named_parameters() if p.is_floating_point()]
     state = quantize_state(model)
     quantized = [k for k in state if "::" not in k]
     assert quantized == floating, "every floating-point parameter tensor must be quantized"
+    state.update(embeddings)
     save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": FORMAT, "tensors": str(len(quantized))})
     shutil.copy(src_dir / "config.json", out_dir / "config.json")
+    kept = "" if options.embeddings == "keep" else f"; {describe(options.embeddings)}, kept quantized in memory"
     return {
-        "runtime_dtype": "float32 (int8 weights dequantized once at load time)",
-        "quantized_tensors": len(quantized),
-        "parameter_tensors": len(floating),
-        "n_parameters": model.num_parameters(),
+        "runtime_dtype": f"float32 (int8 weights dequantized once at load time){kept}",
+        "quantized_tensors": len(quantized) + len(embeddings) // 2,
+        "parameter_tensors": len(floating) + len(embeddings) // 2,
+        "n_parameters": n_parameters,
     }
 
 
@@ -114,7 +122,9 @@ def load(artifact_dir: Path, options: Int8ScratchOptions, device: torch.device) 
         raise PtqflowError(f"{path}: not a readable safetensors file ({exc})") from None
     config = AutoConfig.from_pretrained(str(artifact_dir))
     model = GPT2ForSequenceClassification(config)
-    missing, unexpected = model.load_state_dict(dequantize_state(tensors), strict=False)
+    embeddings, per_tensor = split_embedding_tensors(tensors)
+    attach_embeddings(model, options.embeddings, embeddings, torch.float32)
+    missing, unexpected = model.load_state_dict({**dequantize_state(per_tensor), **embeddings}, strict=False)
     if missing or unexpected:
         raise PtqflowError(f"{path}: does not match the model config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.to(device)

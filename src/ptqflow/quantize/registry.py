@@ -4,13 +4,21 @@ A scheme is a small options dataclass (validated like every params section) and 
 `quantize(src_dir, out_dir, options) -> info` writes the artifact from the fine-tuned model, and
 `load(artifact_dir, options, device) -> model` loads it for evaluation (never re-quantizing).
 Adding a scheme is one module with those functions and one line in `quantize/__init__.py`.
+
+Two things are common to every variant rather than part of a scheme:
+- `compile`: run inference through `torch.compile` (`default`, `max-autotune`, or `reduce-overhead`,
+  which adds CUDA graphs and so needs CUDA); it does not change the artifact.
+- where it can run: a scheme's `available(options, device)` returns why it cannot run on a device (a
+  CUDA-only kernel on a CPU machine), or None. Such a variant is not quantized or evaluated there: its
+  artifact and metrics say `skipped` with the reason, and the report lists it apart. It never falls back
+  to another variant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -21,6 +29,18 @@ from ..io import atomic_dir, read_json, write_json
 META_FILE = "ptqflow.json"
 
 
+CompileMode = Literal["none", "default", "max-autotune", "reduce-overhead"]
+CUDA_GRAPH_MODES = ("reduce-overhead",)
+
+
+class VariantSkipped(PtqflowError):
+    """The variant cannot run on this machine (the message says why); it is reported as skipped, not failed."""
+
+
+def _always(options: Any, device: torch.device) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Scheme:
     name: str
@@ -28,6 +48,7 @@ class Scheme:
     quantize: Callable[[Path, Path, Any], dict]
     load: Callable[[Path, Any, torch.device], torch.nn.Module]
     description: str
+    available: Callable[[Any, torch.device], str | None] = _always  # why it cannot run on a device, or None
 
 
 SCHEMES: dict[str, Scheme] = {}
@@ -40,6 +61,14 @@ def register(scheme: Scheme) -> Scheme:
     return scheme
 
 
+@dataclass
+class RunOptions:
+    compile: CompileMode = "none"
+
+
+COMMON_KEYS = ("scheme", "compile")
+
+
 def resolve(variant: str, raw: Any) -> tuple[Scheme, Any]:
     """The scheme and validated options of variant `variant` (its mapping under `variants:`)."""
     where = f"variants.{variant}"
@@ -49,18 +78,48 @@ def resolve(variant: str, raw: Any) -> tuple[Scheme, Any]:
     if name not in SCHEMES:
         raise PtqflowError(f"params.yaml: {where}.scheme {name!r} is not a registered scheme (known: {', '.join(SCHEMES)})")
     scheme = SCHEMES[name]
-    options = build(scheme.options, {k: v for k, v in raw.items() if k != "scheme"}, where)
+    run_options(variant, raw)
+    options = build(scheme.options, {k: v for k, v in raw.items() if k not in COMMON_KEYS}, where)
     return scheme, options
 
 
-def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str | Path) -> dict:
-    """Write variant `variant`'s artifact to `out_dir` (atomically) with its metadata file; returns the metadata."""
+def run_options(variant: str, raw: dict) -> RunOptions:
+    """The options every variant has (`compile`), validated."""
+    value = raw.get("compile", "none")
+    return build(RunOptions, {"compile": "none" if value is False else value}, f"variants.{variant}")
+
+
+def unavailable(variant: str, raw: Any, device: torch.device) -> str | None:
+    """Why variant `variant` cannot run on `device`, or None when it can."""
+    scheme, options = resolve(variant, raw)
+    mode = run_options(variant, raw).compile
+    if mode in CUDA_GRAPH_MODES and device.type != "cuda":
+        return f"compile mode {mode!r} records CUDA graphs and needs a CUDA device; this machine runs on {device.type}"
+    return scheme.available(options, device)
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """Compile the model's forward with `torch.compile(mode=...)` in place (compilation happens on the first call)."""
+    if mode != "none":
+        model.compile(mode=mode)
+    return model
+
+
+def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str | Path, device: torch.device | None = None) -> dict:
+    """Write variant `variant`'s artifact to `out_dir` (atomically) with its metadata file; returns the metadata.
+
+    A variant that cannot run on `device` (default: CUDA when present, else CPU) gets a metadata file that
+    says `skipped` and why, and no weights.
+    """
+    from .common import runtime_device
+
     scheme, options = resolve(variant, raw)
     src_dir = Path(src_dir)
     if not (src_dir / "config.json").is_file():
         raise PtqflowError(f"{src_dir}: no fine-tuned model (run the finetune stage)")
+    reason = unavailable(variant, raw, device or runtime_device())
     with atomic_dir(out_dir) as tmp:
-        info = scheme.quantize(src_dir, tmp, options)
+        info = {"skipped": reason} if reason else scheme.quantize(src_dir, tmp, options)
         meta = {"variant": variant, "scheme": scheme.name, "options": to_dict(options), **info}
         write_json(tmp / META_FILE, meta)
     return meta
@@ -77,6 +136,9 @@ def load_variant(variant: str, raw: Any, artifact_dir: str | Path, device: torch
     found = {"scheme": meta.get("scheme"), "options": meta.get("options")}
     if found != expected:
         raise PtqflowError(f"{artifact_dir}: artifact was made as {found}, but params.yaml says {expected} (re-run quantize@{variant})")
+    reason = meta.get("skipped") or unavailable(variant, raw, device)
+    if reason:
+        raise VariantSkipped(reason)
     model = scheme.load(artifact_dir, options, device)
     model.eval()
-    return model, meta
+    return compile_model(model, run_options(variant, raw).compile), meta

@@ -1,0 +1,140 @@
+"""`torchao`: torchao's weight quantization configs applied to GPT-2's projections (torchao 0.18).
+
+torchao's `quantize_` swaps the weights of `nn.Linear` modules for quantized tensor subclasses; GPT-2's
+projections are transformers `Conv1D` (y = x W + b with W stored [in, out]), so they are first converted
+to `nn.Linear` (weight W^T), exactly, and then the 4 x n_layer projections are quantized (counted and
+asserted); embeddings, layer norms and the head `score` stay in `dtype`.
+
+- `int8_weight_only`: W^T in int8 with one absmax scale per output channel; activations stay in `dtype`.
+- `int4_weight_only`: W^T in 4 bits (asymmetric, `group_size` input features per scale and zero point),
+  tinygemm's packed layout (`tile_packed_to_4d`) that needs CUDA and bfloat16. torchao 0.18's other int4
+  layouts (`plain`, `preshuffled`) need the `mslk` CUDA package, so int4 cannot run on a CPU machine.
+- `float8_dynamic`: float8 e4m3 weights (per row) and activations (per token, at run time), float8 matrix
+  products; needs a GPU with compute capability >= 8.9 (H100 / H200 / L4 / RTX 40xx).
+
+The quantized state is saved in safetensors through torchao's own flattening (tensor data + JSON
+metadata; no pickle) and rebuilt from it at load, never re-quantized.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, GPT2ForSequenceClassification
+
+from ..errors import PtqflowError
+from .common import DTYPES, conv1d_names, conv1d_to_linear, load_finetuned, runtime_device
+from .registry import Scheme
+
+WEIGHTS_FILE = "model.torchao.safetensors"
+KEEP = ("score",)
+
+
+@dataclass
+class TorchaoOptions:
+    config: Literal["int8_weight_only", "int4_weight_only", "float8_dynamic"] = "int8_weight_only"
+    group_size: int = 128  # int4_weight_only: input features per scale / zero point (32, 64, 128 or 256)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # activations and everything not quantized
+
+    def __post_init__(self) -> None:
+        if self.group_size not in (32, 64, 128, 256):
+            raise PtqflowError(f"params.yaml: group_size must be one of 32, 64, 128, 256, got {self.group_size}")
+        if self.config == "int4_weight_only" and self.dtype != "bfloat16":
+            raise PtqflowError("params.yaml: torchao int4_weight_only (tinygemm) computes in bfloat16: set dtype: bfloat16")
+
+
+def available(options: TorchaoOptions, device: torch.device) -> str | None:
+    try:
+        import torchao  # noqa: F401
+    except ImportError as exc:
+        return f"torchao is not installed ({exc})"
+    if options.config == "int4_weight_only" and device.type != "cuda":
+        return ("torchao 0.18 int4 weight-only needs CUDA: its tinygemm layout runs on CUDA only and its plain/"
+                "preshuffled layouts need the mslk CUDA package")
+    if options.config == "float8_dynamic":
+        if device.type != "cuda":
+            return "float8 matrix products need a CUDA GPU with compute capability >= 8.9 (H100, H200, L4)"
+        if torch.cuda.get_device_capability(device) < (8, 9):
+            return f"float8 matrix products need compute capability >= 8.9; this GPU has {torch.cuda.get_device_capability(device)}"
+    return None
+
+
+def ao_config(options: TorchaoOptions):
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig, PerRow
+
+    if options.config == "int8_weight_only":
+        return Int8WeightOnlyConfig()
+    if options.config == "int4_weight_only":
+        return Int4WeightOnlyConfig(group_size=options.group_size, int4_packing_format="tile_packed_to_4d")
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+
+def quantize(src_dir: Path, out_dir: Path, options: TorchaoOptions) -> dict:
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+    from torchao.quantization import quantize_
+
+    device = runtime_device()
+    model = load_finetuned(src_dir)
+    n_parameters = model.num_parameters()
+    names = conv1d_to_linear(model)
+    model = model.to(device=device, dtype=DTYPES[options.dtype])
+    quantize_(model, ao_config(options), filter_fn=lambda m, fqn: fqn in names)
+    quantized = count_quantized(model)
+    if quantized != len(names) or quantized != 4 * model.config.n_layer:
+        raise PtqflowError(f"torchao quantized {quantized} of {len(names)} projections")
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    tensors, metadata = flatten_tensor_state_dict(state)
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(out_dir / WEIGHTS_FILE), metadata=metadata)
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")
+    return {
+        "runtime_dtype": f"torchao {options.config} on {quantized} projections; {options.dtype} activations",
+        "quantized_modules": quantized,
+        "conv1d_projections": len(names),
+        "quantized_on": device.type,
+        "n_parameters": n_parameters,
+    }
+
+
+def count_quantized(model: torch.nn.Module) -> int:
+    """Linear layers whose weight is a torchao tensor subclass (not a plain tensor)."""
+    return sum(
+        isinstance(m, torch.nn.Linear) and type(m.weight) not in (torch.Tensor, torch.nn.Parameter) for m in model.modules()
+    )
+
+
+def load(artifact_dir: Path, options: TorchaoOptions, device: torch.device) -> torch.nn.Module:
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+    path = artifact_dir / WEIGHTS_FILE
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata()
+        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+        if leftover:
+            raise ValueError(f"unexpected tensors {sorted(leftover)[:3]}")
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+        raise PtqflowError(f"{path}: not a readable torchao safetensors file ({str(exc).splitlines()[0]})") from None
+    model = GPT2ForSequenceClassification(AutoConfig.from_pretrained(str(artifact_dir)))
+    conv1d_to_linear(model)
+    model = model.to(dtype=DTYPES[options.dtype])
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise PtqflowError(f"{path}: does not match the model config ({str(exc).splitlines()[0]})") from None
+    model = model.to(device)
+    quantized = count_quantized(model)
+    if quantized != 4 * model.config.n_layer or conv1d_names(model):
+        raise PtqflowError(f"{path}: expected {4 * model.config.n_layer} torchao projections, found {quantized}")
+    model.ptqflow_runtime = {"kernel": f"torchao {options.config}", "quantized_layers": quantized}
+    return model
+
+
+SCHEME = Scheme("torchao", TorchaoOptions, quantize, load, "torchao int8 / int4 weight-only, float8 dynamic", available)
