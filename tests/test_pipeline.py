@@ -16,7 +16,8 @@ from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ["fp32", "fp16", "bf16", "int8_scratch", "int8_bnb", "nf4_bnb"]
+VARIANTS = ["fp32", "fp16", "bf16", "int8_scratch", "int8_bnb", "nf4_bnb", "int8_dynamic", "nf4_bnb_emb4"]
+SKIPPED = ["int4_wo_ao"]  # CUDA only: on this CPU its stages run and say why it was not quantized or evaluated
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -60,7 +61,7 @@ def mlflow_runs(root: Path, env: dict) -> list[dict]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, shared):
     root = tmp_path_factory.mktemp("project")
-    env = make_project(root, shared, VARIANTS)
+    env = make_project(root, shared, VARIANTS + SKIPPED)
     out = run(["dvc", "repro"], root, env)
     return root, env, out
 
@@ -87,10 +88,21 @@ def test_repro_writes_every_metric_report_and_figure(project):
     report = (root / "reports" / "report.md").read_text()
     assert "Table 1" in report and all(f"per-class metrics, {v}" in report for v in VARIANTS)
     figures = {p.name for p in (root / "plots" / "figures").glob("*.png")}
-    assert figures == {f"confusion_{v}.png" for v in VARIANTS} | {"metrics_comparison.png", "size_latency.png"}
-    assert "| variant | accuracy |" in out  # the report stage prints the comparison table
-    comparison = json.loads((root / "metrics/comparison.json").read_text())["variants"]
+    assert figures == {f"confusion_{v}.png" for v in VARIANTS} | {"metrics_comparison.png", "size_latency.png", "pareto.png"}
+    assert "| variant | accuracy |" in out and "recommended: smallest acceptable" in out
+    full = json.loads((root / "metrics/comparison.json").read_text())
+    comparison = full["variants"]
     assert set(comparison) == set(VARIANTS)
+    assert set(full["skipped"]) == set(SKIPPED) and "CUDA" in full["skipped"]["int4_wo_ao"]
+    assert full["recommendation"]["smallest"] in VARIANTS and set(full["recommendation"]["pareto_front"]) <= set(VARIANTS)
+    assert "## Recommendation" in report and "## Variants not run on this machine" in report
+    for v in SKIPPED:
+        assert f"Running stage 'evaluate@{v}'" in out
+        assert "CUDA" in json.loads((root / "metrics" / "eval" / f"{v}.json").read_text())["skipped"]
+    dyn = json.loads((root / "metrics/eval/int8_dynamic.json").read_text())
+    assert dyn["runtime"]["kernel"] == "fbgemm" and dyn["runtime"]["int8_layers"] == 8
+    emb4 = json.loads((root / "metrics/eval/nf4_bnb_emb4.json").read_text())
+    assert fp32["size_on_disk"]["bytes"] / emb4["size_on_disk"]["bytes"] > 5  # the whole model, embeddings included
     assert comparison["fp32"]["stats"]["agreement"] == 1.0 and comparison["fp32"]["stats"]["mcnemar_p"] == 1.0
     for v in VARIANTS:
         st = comparison[v]["stats"]
@@ -102,7 +114,7 @@ def test_repro_writes_every_metric_report_and_figure(project):
 def test_mlflow_has_one_run_per_stage_and_variant(project):
     root, env, _ = project
     runs = {r["name"]: r["accuracy"] for r in mlflow_runs(root, env)}
-    expected = {"prepare", "finetune", "report"} | {f"{s}@{v}" for s in ("quantize", "evaluate") for v in VARIANTS}
+    expected = {"prepare", "finetune", "report"} | {f"{s}@{v}" for s in ("quantize", "evaluate") for v in VARIANTS + SKIPPED}
     assert set(runs) == expected
     fp32 = json.loads((root / "metrics/eval/fp32.json").read_text())
     assert runs["evaluate@fp32"] == pytest.approx(fp32["accuracy"])

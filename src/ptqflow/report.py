@@ -123,13 +123,15 @@ def acceptable(row: dict, base: dict, params: ReportParams) -> tuple[bool, str]:
     if row["variant"] == base["variant"]:
         return True, "the baseline"
     drop = base["accuracy"] - row["accuracy"]
+    change = f"accuracy {-drop * 100:+.2f} pts"
     st = row.get("stats")
     if st and st["mcnemar_p"] >= params.alpha:
-        return True, f"drop {drop * 100:+.2f} pts not significant (McNemar p = {st['mcnemar_p']:.3g} >= {params.alpha})"
+        return True, f"{change}, not significant (McNemar p = {st['mcnemar_p']:.3g} >= {params.alpha})"
+    p = f" (McNemar p = {st['mcnemar_p']:.3g})" if st else ""
+    limit = f"report.max_accuracy_drop ({params.max_accuracy_drop * 100:.2f} pts)"
     if drop <= params.max_accuracy_drop:
-        return True, f"drop {drop * 100:+.2f} pts within report.max_accuracy_drop ({params.max_accuracy_drop * 100:.2f} pts)"
-    p = f", McNemar p = {st['mcnemar_p']:.3g}" if st else ""
-    return False, f"drop {drop * 100:+.2f} pts{p}: significant and above report.max_accuracy_drop ({params.max_accuracy_drop * 100:.2f} pts)"
+        return True, f"{change}, significant{p} but within {limit}"
+    return False, f"{change}, significant{p} and a drop above {limit}"
 
 
 def recommend(rows: list[dict], params: ReportParams) -> dict:
@@ -344,7 +346,11 @@ def plot_pareto(rows: list[dict], rec: dict, params: ReportParams, path: Path) -
                 ax.scatter(r[key], r["accuracy"], s=45, marker="o", facecolors="tab:blue" if on else "none", edgecolors="tab:blue")
             else:
                 ax.scatter(r[key], r["accuracy"], s=45, marker="x", c="tab:red")
-            ax.annotate(r["variant"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        points: dict[tuple, list[str]] = {}  # variants at the same point share one label
+        for r in rows:
+            points.setdefault((r[key], r["accuracy"]), []).append(r["variant"])
+        for i, ((x, y), names) in enumerate(sorted(points.items())):
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -11), fontsize=7)
         ax.axhline(base["accuracy"] - params.max_accuracy_drop, ls="--", color="grey", lw=0.8,
                    label=f"{params.baseline} - max_accuracy_drop")
         ax.set_xscale("log")
