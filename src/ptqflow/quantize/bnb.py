@@ -115,7 +115,7 @@ def _quantize_with(config: BitsAndBytesConfig, embeddings: EmbeddingMode, src_di
     n_parameters = model.num_parameters()
     emb = quantize_embeddings(model, embeddings, model.transformer.ln_f.weight.dtype)
     model.save_pretrained(str(out_dir))  # the quantized embeddings' buffers (codes, scale) replace wte/wpe.weight
-    if emb and set(emb) - set(_stored_keys(out_dir)):
+    if emb and set(emb) - set(_stored_embeddings(out_dir, torch.device("cpu"))):
         raise PtqflowError(f"{out_dir}: save_pretrained did not store the quantized embeddings")
     kept = ["layer norms", *KEEP_FULL_PRECISION] + ([] if emb else list(EMBEDDING_MODULES))
     return {
@@ -133,11 +133,7 @@ def load_quantized(artifact_dir: Path, embeddings: EmbeddingMode, device: torch.
     with quiet:  # the embeddings are not in the bitsandbytes checkpoint: transformers would warn they are "newly initialized"
         model = GPT2ForSequenceClassification.from_pretrained(str(artifact_dir), device_map=device.type)
     if embeddings != "keep":
-        tensors = {}
-        for path in artifact_dir.glob("*.safetensors"):
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                tensors.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(EMBEDDING_MODULES)})
-        attach_embeddings(model, embeddings, tensors, model.transformer.ln_f.weight.dtype)
+        attach_embeddings(model, embeddings, _stored_embeddings(artifact_dir, device), model.transformer.ln_f.weight.dtype)
         if count_quantized_embeddings(model) != len(EMBEDDING_MODULES):
             raise PtqflowError(f"{artifact_dir}: the quantized embeddings were not attached")
     expected = 4 * model.config.n_layer
@@ -145,12 +141,13 @@ def load_quantized(artifact_dir: Path, embeddings: EmbeddingMode, device: torch.
     return model
 
 
-def _stored_keys(artifact_dir: Path) -> list[str]:
-    keys: list[str] = []
+def _stored_embeddings(artifact_dir: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The quantized-embedding tensors (wte/wpe codes and scales) stored in the artifact's weight files."""
+    tensors: dict[str, torch.Tensor] = {}
     for path in artifact_dir.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            keys += list(f.keys())
-    return keys
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(EMBEDDING_MODULES)})
+    return tensors
 
 
 @contextlib.contextmanager
