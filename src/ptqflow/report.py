@@ -106,16 +106,19 @@ def summary_rows(metrics: dict[str, dict], params: ReportParams, stats: dict[str
     return rows
 
 
-def dominates(a: dict, b: dict) -> bool:
-    """a is at least as accurate, as small and as fast as b, and strictly better in one of the three."""
-    ge = a["accuracy"] >= b["accuracy"] and a["size_bytes"] <= b["size_bytes"] and a["latency_ms"] <= b["latency_ms"]
-    gt = a["accuracy"] > b["accuracy"] or a["size_bytes"] < b["size_bytes"] or a["latency_ms"] < b["latency_ms"]
+COSTS = ("size_bytes", "latency_ms")  # lower is better; accuracy: higher is better
+
+
+def dominates(a: dict, b: dict, costs: tuple[str, ...] = COSTS) -> bool:
+    """a is at least as accurate as b and at most as costly in each of `costs`, and strictly better in one."""
+    ge = a["accuracy"] >= b["accuracy"] and all(a[c] <= b[c] for c in costs)
+    gt = a["accuracy"] > b["accuracy"] or any(a[c] < b[c] for c in costs)
     return ge and gt
 
 
-def pareto_front(rows: list[dict]) -> list[str]:
-    """Variants that no other variant dominates (accuracy up, size and latency down), in row order."""
-    return [r["variant"] for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
+def pareto_front(rows: list[dict], costs: tuple[str, ...] = COSTS) -> list[str]:
+    """Variants that no other variant dominates (accuracy up, `costs` down), in row order."""
+    return [r["variant"] for r in rows if not any(dominates(o, r, costs) for o in rows if o is not r)]
 
 
 def acceptable(row: dict, base: dict, params: ReportParams) -> tuple[bool, str]:
@@ -334,10 +337,8 @@ def plot_pareto(rows: list[dict], rec: dict, params: ReportParams, path: Path) -
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     for ax, key, label in ((axes[0], "size", f"weights on disk ({params.size_unit}, log scale)"),
                            (axes[1], "latency_ms", "median latency per batch (ms, log scale)")):
-        view = [r for r in rows if not any(
-            o["accuracy"] >= r["accuracy"] and o[key] <= r[key] and (o["accuracy"] > r["accuracy"] or o[key] < r[key])
-            for o in rows if o is not r)]
-        view.sort(key=lambda r: r[key])
+        in_view = set(pareto_front(rows, (key,)))
+        view = sorted((r for r in rows if r["variant"] in in_view), key=lambda r: r[key])
         ax.plot([r[key] for r in view], [r["accuracy"] for r in view], "-", color="tab:green", lw=1.2, label="non-dominated in this view")
         for r in rows:
             on = r["variant"] in front
