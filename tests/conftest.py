@@ -68,3 +68,13 @@ def tiny_trained(tmp_path_factory, tiny_prepared, tiny_model_params) -> Path:
     root = tmp_path_factory.mktemp("finetuned")
     finetune(tiny_model_params, TrainParams(lr=3e-3, batch_size=16, epochs=3, device="cpu"), tiny_prepared, root / "model", root / "ckpt")
     return root / "model"
+
+
+@pytest.fixture(scope="session")
+def fp32_artifact(tmp_path_factory, tiny_trained) -> Path:
+    """The tiny trained model as the `fp32` variant's artifact (what other variants are compared with)."""
+    from ptqflow.quantize import quantize_variant
+
+    out = tmp_path_factory.mktemp("fp32") / "fp32"
+    quantize_variant("fp32", {"scheme": "fp32"}, tiny_trained, out)
+    return out

@@ -64,12 +64,12 @@ def test_embeddings_option_compresses_the_whole_model(tmp_path, tiny_trained, ra
     assert fp32["n_parameters"] == meta["n_parameters"]
 
 
-def test_torchao_int8_weight_only_quantizes_every_projection(tmp_path, tiny_trained):
+def test_torchao_int8_weight_only_quantizes_every_projection(tmp_path, tiny_trained, fp32_artifact):
     raw = {"scheme": "torchao", "config": "int8_weight_only"}
     meta = quantize_variant("ao", raw, tiny_trained, tmp_path / "ao")
     assert meta["quantized_modules"] == 8 and meta["conv1d_projections"] == 8
     model, _ = load_variant("ao", raw, tmp_path / "ao", torch.device("cpu"))
-    fp32, _ = load_variant("fp32", {"scheme": "fp32"}, _fp32(tmp_path, tiny_trained), torch.device("cpu"))
+    fp32, _ = load_variant("fp32", {"scheme": "fp32"}, fp32_artifact, torch.device("cpu"))
     ids = torch.randint(0, 50257, (3, 20))
     with torch.inference_mode():
         torch.testing.assert_close(model(input_ids=ids).logits, fp32(input_ids=ids).logits, atol=0.05, rtol=0.05)
@@ -120,9 +120,3 @@ def test_compiled_variant_predicts_like_eager_and_reports_the_first_call_apart(t
     # compilation happens in the first call, timed apart from the latency samples
     assert compiled["latency"]["first_call_ms"] > 10 * compiled["latency"]["median_ms"]
 
-
-def _fp32(tmp_path, src):
-    out = tmp_path / "fp32"
-    if not out.is_dir():
-        quantize_variant("fp32", {"scheme": "fp32"}, src, out)
-    return out

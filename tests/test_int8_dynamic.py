@@ -74,7 +74,7 @@ def test_kernel_choice_per_device_and_shape_rule():
 
 
 @pytest.mark.parametrize("kernel", ["fbgemm", "int_mm"])
-def test_scheme_keeps_int8_in_memory_and_agrees_with_fp32(tmp_path, tiny_trained, tiny_prepared, kernel):
+def test_scheme_keeps_int8_in_memory_and_agrees_with_fp32(tmp_path, tiny_trained, tiny_prepared, kernel, fp32_artifact):
     from ptqflow.data import load_prepared
     from ptqflow.evaluate import predict
 
@@ -84,16 +84,10 @@ def test_scheme_keeps_int8_in_memory_and_agrees_with_fp32(tmp_path, tiny_trained
     model, _ = load_variant("q", raw, tmp_path / "q", torch.device("cpu"))
     assert model.ptqflow_runtime["kernel"] == kernel and model.ptqflow_runtime["int8_layers"] == 8
     assert model.ptqflow_runtime["fallback_layers"] == 0
-    fp32, _ = load_variant("fp32", {"scheme": "fp32"}, _fp32(tmp_path, tiny_trained), torch.device("cpu"))
+    fp32, _ = load_variant("fp32", {"scheme": "fp32"}, fp32_artifact, torch.device("cpu"))
     assert memory_footprint(model) < 0.3 * memory_footprint(fp32)
     data, _ = load_prepared(tiny_prepared)
     ids = data["test"]["input_ids"]
     agree = (predict(model, ids, 64, 50256) == predict(fp32, ids, 64, 50256)).mean()
     assert agree >= 0.95
 
-
-def _fp32(tmp_path, src):
-    out = tmp_path / "fp32"
-    if not out.is_dir():
-        quantize_variant("fp32", {"scheme": "fp32"}, src, out)
-    return out

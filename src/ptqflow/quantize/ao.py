@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, GPT2ForSequenceClassification
 
 from ..errors import PtqflowError
-from .common import DTYPES, conv1d_names, conv1d_to_linear, load_finetuned, runtime_device
+from .common import DTYPES, conv1d_names, conv1d_to_linear, load_finetuned, read_weights, runtime_device
 from .registry import Scheme
 
 WEIGHTS_FILE = "model.torchao.safetensors"
@@ -113,15 +112,13 @@ def load(artifact_dir: Path, options: TorchaoOptions, device: torch.device) -> t
     from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
     path = artifact_dir / WEIGHTS_FILE
+    tensors, metadata = read_weights(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = f.metadata()
         state, leftover = unflatten_tensor_state_dict(tensors, metadata)
         if leftover:
             raise ValueError(f"unexpected tensors {sorted(leftover)[:3]}")
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-        raise PtqflowError(f"{path}: not a readable torchao safetensors file ({str(exc).splitlines()[0]})") from None
+    except (ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise PtqflowError(f"{path}: not a torchao state ({str(exc).splitlines()[0]})") from None
     model = GPT2ForSequenceClassification(AutoConfig.from_pretrained(str(artifact_dir)))
     conv1d_to_linear(model)
     model = model.to(dtype=DTYPES[options.dtype])

@@ -14,6 +14,27 @@ from ..io import dir_size_bytes
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def absmax_int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row r of a 2-D tensor t: s[r] = max_k |t[r, k]| / 127 (1 for an all-zero row),
+    q[r, k] = clamp(round(t[r, k] / s[r]), -127, 127); returns q (int8) and s (float32, [rows]).
+    Then |t - q * s| <= s / 2 elementwise."""
+    t = t.detach().to(torch.float32)
+    scale = t.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.clamp(torch.round(t / scale[:, None]), -127, 127).to(torch.int8), scale
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of an artifact's safetensors file; a damaged file is one PtqflowError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise PtqflowError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
 def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GPT2ForSequenceClassification:
     """The fine-tuned model; a damaged or truncated weights file is reported, never loaded as garbage."""
     try:

@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .common import absmax_int8_rows
+
 GROUP = 32  # int4: values per scale
 EMBEDDING_MODULES = ("transformer.wte", "transformer.wpe")
 EmbeddingMode = Literal["keep", "int8", "int4"]
@@ -33,11 +35,7 @@ EmbeddingMode = Literal["keep", "int8", "int4"]
 
 def quantize_rows_int8(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q (int8, shape of table) and the per-row scale (float32, [rows]) by formula (1)."""
-    t = table.detach().to(torch.float32)
-    scale = t.abs().amax(dim=1) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.clamp(torch.round(t / scale[:, None]), -127, 127).to(torch.int8)
-    return q, scale
+    return absmax_int8_rows(table)
 
 
 def quantize_groups_int4(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, GPT2ForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import PtqflowError
-from .common import DTYPES, conv1d_names, load_finetuned, replace_module
+from .common import DTYPES, absmax_int8_rows, conv1d_names, load_finetuned, read_weights, replace_module
 from .embedding import EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, quantize_embeddings
 from .registry import Scheme
 
@@ -58,18 +58,13 @@ class Int8DynamicOptions:
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Wq (int8, [N, K]) and s_w (float32, [N]) of a weight W [N, K] by formula (1)."""
-    w = w.detach().to(torch.float32)
-    scale = w.abs().amax(dim=1) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8), scale
+    return absmax_int8_rows(w)
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """xq (int8, [M, K]) and s_x (float32, [M, 1]) of activations x [M, K] by formula (2)."""
-    x = x.to(torch.float32)
-    scale = x.abs().amax(dim=1, keepdim=True) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.clamp(torch.round(x / scale), -127, 127).to(torch.int8), scale
+    q, scale = absmax_int8_rows(x)
+    return q, scale[:, None]
 
 
 def int_mm_fits(k: int, n: int) -> bool:
@@ -185,10 +180,7 @@ def load(artifact_dir: Path, options: Int8DynamicOptions, device: torch.device) 
     if kernel == "fbgemm":
         torch.backends.quantized.engine = "fbgemm"
     path = artifact_dir / WEIGHTS_FILE
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        raise PtqflowError(f"{path}: not a readable safetensors file ({exc})") from None
+    tensors, _ = read_weights(path)
     model = build_skeleton(AutoConfig.from_pretrained(str(artifact_dir)), options, tensors)
     try:
         model.load_state_dict(tensors, strict=True)

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import AutoConfig, GPT2ForSequenceClassification
 
 from ..errors import PtqflowError
-from .common import load_finetuned
+from .common import load_finetuned, read_weights
 from .embedding import EmbeddingMode, attach_embeddings, describe, quantize_embeddings, split_embedding_tensors
 from .registry import Scheme
 
@@ -116,10 +116,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8ScratchOptions) -> dict:
 
 def load(artifact_dir: Path, options: Int8ScratchOptions, device: torch.device) -> torch.nn.Module:
     path = artifact_dir / WEIGHTS_FILE
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        raise PtqflowError(f"{path}: not a readable safetensors file ({exc})") from None
+    tensors, _ = read_weights(path)
     config = AutoConfig.from_pretrained(str(artifact_dir))
     model = GPT2ForSequenceClassification(config)
     embeddings, per_tensor = split_embedding_tensors(tensors)

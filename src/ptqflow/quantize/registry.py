@@ -25,6 +25,7 @@ import torch
 from ..config import build, to_dict
 from ..errors import PtqflowError
 from ..io import atomic_dir, read_json, write_json
+from .common import runtime_device
 
 META_FILE = "ptqflow.json"
 
@@ -111,8 +112,6 @@ def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str |
     A variant that cannot run on `device` (default: CUDA when present, else CPU) gets a metadata file that
     says `skipped` and why, and no weights.
     """
-    from .common import runtime_device
-
     scheme, options = resolve(variant, raw)
     src_dir = Path(src_dir)
     if not (src_dir / "config.json").is_file():
