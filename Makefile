@@ -24,7 +24,7 @@ setup: $(VENV)/.installed  ## create .venv with the pinned dependencies
 repro: setup  ## run the DVC pipeline (only what changed); its first stage, assets, copies the inputs from $(MIRROR) or the Hub
 	$(BIN)/dvc repro
 
-table:  ## print the comparison table from metrics/eval/
+table:  ## print the comparison table from metrics/comparison.json
 	@$(BIN)/ptqflow table
 
 run: repro table  ## set up, fetch the inputs, run the pipeline, print the comparison table

@@ -1,4 +1,4 @@
-"""Stage `evaluate@<variant>`: score, size and time the variant's artifact on the test split."""
+"""Stage `evaluate@<variant>`: score and size the variant's artifact on the test split (speed: the benchmark stage)."""
 
 from ptqflow.cli import stage_parser
 from ptqflow.config import EvalParams, load_params, load_section, to_dict
@@ -12,7 +12,7 @@ def main() -> None:
     parser.add_argument("--variant", required=True, help="a key of `variants` in the parameter file")
     parser.add_argument("--data", default="data/prepared", help="prepared splits folder")
     parser.add_argument("--artifact", default=None, help="artifact folder (default: models/quantized/<variant>)")
-    parser.add_argument("--metrics", default=None, help="metrics JSON (default: metrics/eval/<variant>.json)")
+    parser.add_argument("--details", default=None, help="details JSON (default: reports/eval/<variant>.json)")
     parser.add_argument("--predictions", default=None, help="predictions CSV (default: plots/predictions/<variant>.csv)")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
@@ -22,7 +22,7 @@ def main() -> None:
     evaluation = load_section(EvalParams, "eval", params)
     raw = (params.get("variants") or {}).get(args.variant)
     v = args.variant
-    metrics_path = args.metrics or f"metrics/eval/{v}.json"
+    metrics_path = args.details or f"reports/eval/{v}.json"
     predictions_path = args.predictions or f"plots/predictions/{v}.csv"
     with stage_run(f"evaluate@{v}", not args.no_tracking) as run:
         run.log_params({"variant": v, **(raw or {}), "eval": to_dict(evaluation)})
@@ -37,7 +37,7 @@ def main() -> None:
         run.log_metrics(metrics)
         run.set_tags({"device": metrics["environment"]["device_name"], "runtime_dtype": metrics["runtime_dtype"]})
         print(f"evaluate@{v}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
-              f"{metrics['size_on_disk']['MiB']:.2f} MiB, {metrics['latency']['median_ms']:.2f} ms/batch")
+              f"{metrics['size_on_disk']['MiB']:.2f} MiB on disk, {metrics['predict_wall_s']:.1f} s to predict")
 
 
 if __name__ == "__main__":

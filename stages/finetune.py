@@ -11,11 +11,12 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--data", default="data/prepared", help="prepared splits folder")
     parser.add_argument("--out", default="models/finetuned", help="fine-tuned model folder")
-    parser.add_argument("--metrics", default="metrics/train.json", help="loss per epoch, validation accuracy, wall time")
+    parser.add_argument("--metrics", default="metrics/train.json", help="validation accuracy, wall time, rows (the DVC metric)")
+    parser.add_argument("--details", default="reports/train.json", help="loss per epoch, validation accuracy, wall time, batch sizes")
     parser.add_argument("--checkpoints", default=".cache/finetune", help="epoch checkpoints (a rerun resumes from them)")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
-    from ptqflow.train import finetune, is_main_process
+    from ptqflow.train import finetune, headline, is_main_process
 
     params = load_params(args.params)
     model = load_section(ModelParams, "model", params)
@@ -26,9 +27,10 @@ def main() -> None:
         metrics = finetune(model, train, args.data, args.out, args.checkpoints)
         if not main_process:  # other ranks of a torchrun launch: rank 0 writes the outputs
             return
-        write_json(args.metrics, metrics)
+        write_json(args.details, metrics)
+        write_json(args.metrics, headline(metrics))
         run.log_metrics(metrics)
-        run.log_artifact(args.metrics)
+        run.log_artifact(args.details)
 
 
 if __name__ == "__main__":

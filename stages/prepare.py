@@ -10,10 +10,11 @@ from ptqflow.tracking import stage_run
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", default="data/prepared", help="prepared splits folder")
-    parser.add_argument("--metrics", default="metrics/data.json", help="rows per split and class, input hash")
+    parser.add_argument("--metrics", default="metrics/data.json", help="rows per split (the DVC metric)")
+    parser.add_argument("--details", default="reports/data.json", help="rows per split and class, dropped rows, input hash")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
-    from ptqflow.data import prepare
+    from ptqflow.data import headline, prepare
     from ptqflow.modeling import load_tokenizer
 
     params = load_params(args.params)
@@ -22,9 +23,10 @@ def main() -> None:
     with stage_run("prepare", not args.no_tracking) as run:
         run.log_params({"data": to_dict(data), "model.base": model.base})
         metrics = prepare(data, load_tokenizer(model.base), args.out)
-        write_json(args.metrics, metrics)
+        write_json(args.details, metrics)
+        write_json(args.metrics, headline(metrics))
         run.log_metrics(metrics["splits"])
-        run.log_artifact(args.metrics)
+        run.log_artifact(args.details)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage `report`: every variant's metrics -> reports/report.md (Table 1, per-class tables) and plots/figures/."""
+"""Stage `report`: every variant's scores, timings and statistics -> reports/report.md, plots/figures/,
+metrics/comparison.json, metrics/eval/<variant>.json and plots/pareto.csv."""
 
 from pathlib import Path
 
@@ -10,28 +11,31 @@ from ptqflow.tracking import stage_run
 
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--metrics-dir", default="metrics/eval", help="per-variant metrics JSON files")
+    parser.add_argument("--details-dir", default="reports/eval", help="per-variant details JSON files (evaluate@)")
     parser.add_argument("--predictions-dir", default="plots/predictions", help="per-variant predictions CSV files")
+    parser.add_argument("--benchmark", default="reports/benchmark.json", help="interleaved timings (benchmark stage)")
     parser.add_argument("--comparison", default="metrics/comparison.json", help="statistics and ratios against the baselines")
+    parser.add_argument("--metrics-dir", default="metrics/eval", help="per-variant DVC metrics (the dozen numbers)")
+    parser.add_argument("--pareto", default="plots/pareto.csv", help="data of the DVC Pareto plots")
     parser.add_argument("--out", default="reports/report.md", help="markdown report")
     parser.add_argument("--figures", default="plots/figures", help="figures folder")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
-    from ptqflow.io import read_json
-    from ptqflow.report import build_report, format_table
+    from ptqflow.report import build_report, format_table, metrics_record
 
     params = load_params(args.params)
     report = load_section(ReportParams, "report", params)
     variants = list(params.get("variants") or {})
     with stage_run("report", not args.no_tracking) as run:
         run.log_params({"report": to_dict(report), "variants": ",".join(variants)})
-        rows = build_report(variants, args.metrics_dir, args.predictions_dir, report, args.out, args.figures, args.comparison)
-        run.log_metrics({r["variant"]: {k: r[k] for k in ("compression", "speedup")} | r["stats"] for r in rows})
-        run.log_artifact(args.out)
-        run.log_artifact(args.comparison)
-        for png in sorted(Path(args.figures).glob("*.png")):
-            run.log_artifact(png)
-        print(format_table(rows, report.size_unit))
+        rows = build_report(variants, args.details_dir, args.predictions_dir, args.benchmark, report, args.out, args.figures,
+                            args.comparison, args.metrics_dir, args.pareto)
+        run.log_metrics({r["variant"]: metrics_record(r, report.size_unit) for r in rows})
+        for path in (args.out, args.comparison, args.benchmark, args.pareto, *sorted(Path(args.figures).glob("*.png"))):
+            run.log_artifact(path)
+        print(format_table(rows, report.size_unit, report.baseline))
+        from ptqflow.io import read_json
+
         rec = read_json(args.comparison)["recommendation"]
         print(f"recommended: smallest acceptable {rec['smallest']}, fastest acceptable {rec['fastest']} "
               f"(Pareto front: {', '.join(rec['pareto_front'])})")

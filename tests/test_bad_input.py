@@ -74,6 +74,7 @@ def test_bad_data_is_refused_by_prepare(tmp_path, monkeypatch, capsys, name, fil
     if name not in ("missing_file",):
         assert "train.csv" in err or "test" in err or "class" in err
     assert not (root / "data" / "prepared").exists() and not (root / "metrics" / "data.json").exists()
+    assert not (root / "reports" / "data.json").exists()
 
 
 def test_missing_data_folder(tmp_path, monkeypatch, capsys):
@@ -89,7 +90,7 @@ def test_accepted_oddities_are_counted(tmp_path, monkeypatch, capsys):
     root = project(tmp_path, train=train)
     code, err = run_stage("prepare.py", [], root, monkeypatch, capsys)
     assert code == 0, err
-    metrics = yaml.safe_load((root / "metrics" / "data.json").read_text())
+    metrics = yaml.safe_load((root / "reports" / "data.json").read_text())
     assert metrics["dropped_empty_text"]["train"] == 2
     assert metrics["duplicate_rows"]["train"] == 1
     assert metrics["splits"]["train"]["rows"] + metrics["splits"]["validation"]["rows"] == 42

@@ -31,11 +31,11 @@ def test_every_projection_becomes_bitsandbytes_and_the_head_stays_fp(tmp_path, v
     assert len(layers) == 8
     assert not isinstance(model.score, bnb_module_types()) and model.score.weight.dtype == torch.float32
 
-    from ptqflow.config import EvalParams, LatencyParams
+    from ptqflow.config import EvalParams
     from ptqflow.evaluate import evaluate_variant
 
     quantize_variant("fp32", {"scheme": "fp32"}, tiny_trained, tmp_path / "fp32")
-    params = EvalParams(device="cpu", latency=LatencyParams(warmup=0, iters=2))
+    params = EvalParams(device="cpu")
     _, p_fp = evaluate_variant("fp32", {"scheme": "fp32"}, tmp_path / "fp32", tiny_prepared, params)
     m, p_q = evaluate_variant(variant, raw, tmp_path / variant, tiny_prepared, params)
     assert np.mean(p_fp["predicted"].to_numpy() == p_q["predicted"].to_numpy()) >= 0.9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptqflow.benchmark import memory_footprint
+from ptqflow.sizes import memory_footprint
 from ptqflow.errors import PtqflowError
 from ptqflow.quantize import VariantSkipped, load_variant, quantize_variant
 from ptqflow.quantize.common import weights_bytes
@@ -82,14 +82,14 @@ def test_torchao_int8_weight_only_quantizes_every_projection(tmp_path, tiny_trai
     ({"scheme": "cast", "dtype": "float16", "compile": "reduce-overhead"}, "CUDA graphs"),
 ])
 def test_variant_that_cannot_run_on_cpu_is_skipped_with_its_reason(tmp_path, tiny_trained, tiny_prepared, raw, reason):
-    from ptqflow.config import EvalParams, LatencyParams
+    from ptqflow.config import EvalParams
     from ptqflow.evaluate import evaluate_variant
 
     meta = quantize_variant("gpu_only", raw, tiny_trained, tmp_path / "q", torch.device("cpu"))
     assert reason in meta["skipped"] and not list((tmp_path / "q").glob("*.safetensors"))
     with pytest.raises(VariantSkipped, match=reason):
         load_variant("gpu_only", raw, tmp_path / "q", torch.device("cpu"))
-    params = EvalParams(device="cpu", latency=LatencyParams(batch_size=2, warmup=0, iters=1))
+    params = EvalParams(device="cpu")
     metrics, predictions = evaluate_variant("gpu_only", raw, tmp_path / "q", tiny_prepared, params)
     assert reason in metrics["skipped"] and "accuracy" not in metrics and len(predictions) == 0
 
@@ -108,15 +108,23 @@ def test_bad_options_are_one_line_errors():
 
 
 def test_compiled_variant_predicts_like_eager_and_reports_the_first_call_apart(tmp_path, tiny_trained, tiny_prepared):
-    from ptqflow.config import EvalParams, LatencyParams
+    from ptqflow.config import EvalParams
     from ptqflow.evaluate import evaluate_variant
 
     quantize_variant("fp32", {"scheme": "fp32"}, tiny_trained, tmp_path / "fp32")
-    params = EvalParams(device="cpu", batch_size=64, latency=LatencyParams(batch_size=4, warmup=2, iters=3))
+    params = EvalParams(device="cpu", batch_size=64)
     eager, p_eager = evaluate_variant("fp32", {"scheme": "fp32"}, tmp_path / "fp32", tiny_prepared, params)
     compiled, p_comp = evaluate_variant("c", {"scheme": "fp32", "compile": "default"}, tmp_path / "fp32", tiny_prepared, params)
     assert compiled["compile"] == "default" and eager["compile"] == "none"
     assert (p_eager["predicted"] == p_comp["predicted"]).mean() >= 0.99
-    # compilation happens in the first call, timed apart from the latency samples
-    assert compiled["latency"]["first_call_ms"] > 10 * compiled["latency"]["median_ms"]
+    # in the benchmark, compilation happens in the first call, timed apart from the latency samples
+    from ptqflow.benchmark import Protocol, run_interleaved
+    from ptqflow.batches import random_batch
+    from ptqflow.quantize import load_variant
+
+    raw = {"scheme": "fp32", "compile": "default"}
+    bench = run_interleaved({"c": lambda: load_variant("c", raw, tmp_path / "fp32", torch.device("cpu"))},
+                            {4: random_batch(4, 16, 50257)}, Protocol(rounds=3, warmup=1, iters=2), torch.device("cpu"))
+    rec = bench["variants"]["c"]
+    assert rec["first_call_ms"]["4"] > 10 * rec["latency"][0]["median_ms"]
 

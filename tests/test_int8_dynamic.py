@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptqflow.benchmark import memory_footprint
+from ptqflow.sizes import memory_footprint
 from ptqflow.errors import PtqflowError
 from ptqflow.quantize import load_variant, quantize_variant
 from ptqflow.quantize.int8_dynamic import Int8DynamicLinear, int_mm_fits, pick_kernel, quantize_per_token, quantize_weight

@@ -70,7 +70,7 @@ def test_gpt2_small_has_149_parameter_tensors_and_all_are_quantized():
 
 
 def test_artifact_is_a_quarter_of_fp32_and_agrees_with_it(tmp_path, tiny_trained, tiny_prepared):
-    from ptqflow.config import EvalParams, LatencyParams
+    from ptqflow.config import EvalParams
     from ptqflow.evaluate import evaluate_variant
 
     fp = quantize_variant("fp32", {"scheme": "fp32"}, tiny_trained, tmp_path / "fp32")
@@ -81,7 +81,7 @@ def test_artifact_is_a_quarter_of_fp32_and_agrees_with_it(tmp_path, tiny_trained
     assert 3.9 <= fp_bytes / q8_bytes <= 4.05
     assert fp["runtime_dtype"] == "float32"
 
-    params = EvalParams(device="cpu", latency=LatencyParams(warmup=0, iters=2))
+    params = EvalParams(device="cpu")
     m_fp, p_fp = evaluate_variant("fp32", {"scheme": "fp32"}, tmp_path / "fp32", tiny_prepared, params)
     m_q8, p_q8 = evaluate_variant("int8_scratch", {"scheme": "int8_scratch"}, tmp_path / "int8", tiny_prepared, params)
     agreement = float(np.mean(p_fp["predicted"].to_numpy() == p_q8["predicted"].to_numpy()))

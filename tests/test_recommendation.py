@@ -1,4 +1,4 @@
-"""The Pareto front and the recommendation follow the numbers: constructed metrics, changed, change the answer."""
+"""The Pareto front and the recommendation follow the numbers: constructed metrics and timings, changed, change the answer."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ import json
 import pandas as pd
 import pytest
 
-from ptqflow.benchmark import size_record
 from ptqflow.config import ReportParams
-from ptqflow.report import build_report, pareto_front, recommend, summary_rows
+from ptqflow.pareto import pareto_front
+from ptqflow.report import build_report, recommend, summary_rows
+from ptqflow.sizes import size_record
+
+from .speed_fixtures import fake_bench
 
 
-def _metrics(name: str, size: int, median: float, acc: float) -> dict:
+def _metrics(name: str, size: int, acc: float) -> dict:
     return {
         "variant": name, "scheme": "x", "accuracy": acc, "precision_macro": acc, "recall_macro": acc, "f1_macro": acc,
-        "size_on_disk": size_record(size), "memory_footprint": size_record(size),
-        "latency": {"median_ms": median, "p95_ms": median * 1.1, "first_call_ms": median * 2}, "runtime_dtype": "x",
+        "size_on_disk": size_record(size), "memory_footprint": size_record(size), "runtime_dtype": "x",
     }
 
 
@@ -33,9 +35,10 @@ TABLE = [("fp32", 400_000_000, 40.0, 0.900, 1.0),
          ("worse", 250_000_000, 45.0, 0.880, 1e-4)]  # dominated by `fast`
 
 
-def _rows(table=TABLE, params=ReportParams()):
-    metrics = {n: _metrics(n, b, ms, a) for n, b, ms, a, _ in table}
-    return summary_rows(metrics, params, {n: _stats(p) for n, _, _, _, p in table})
+def _rows(table=TABLE, params=ReportParams(), noise=0.0):
+    metrics = {n: _metrics(n, b, a) for n, b, _, a, _ in table}
+    bench = fake_bench({n: ms for n, _, ms, _, _ in table}, noise=noise)
+    return summary_rows(metrics, params, bench, {n: _stats(p) for n, _, _, _, p in table})
 
 
 def test_recommends_the_smallest_then_the_fastest_acceptable_variant():
@@ -67,6 +70,21 @@ def test_changing_the_numbers_changes_the_recommendation():
     assert recommend(_rows(table), ReportParams())["fastest"] == "worse"
 
 
+def test_the_recommendation_follows_the_timings():
+    # `small` measured 8x faster than fp32: it becomes the fastest acceptable variant as well as the smallest
+    table = [t if t[0] != "small" else ("small", 60_000_000, 5.0, 0.897, 0.40) for t in TABLE]
+    rec = recommend(_rows(table), ReportParams())
+    assert rec["fastest"] == "small" and rec["fastest_is_measurably_faster"]
+    # `fast` no longer measurably faster (noisy timings around fp32's): it counts as equal in speed to fp32
+    table = [t if t[0] != "fast" else ("fast", 200_000_000, 40.0, 0.898, 0.01) for t in TABLE]
+    rows = _rows(table, noise=0.05)
+    by = {r["variant"]: r for r in rows}
+    assert by["fast"]["speed_verdict"] == "no measurable difference" and by["fast"]["effective_speedup"] == 1.0
+    rec = recommend(rows, ReportParams())
+    # equal in speed to fp32 and smaller: `fast` is still named, but not as measurably faster
+    assert rec["fastest"] == "fast" and not rec["fastest_is_measurably_faster"]
+
+
 def test_only_the_baseline_acceptable_recommends_the_baseline():
     table = [TABLE[0], ("lossy", 30_000_000, 8.0, 0.850, 1e-9)]
     rec = recommend(_rows(table), ReportParams())
@@ -74,30 +92,42 @@ def test_only_the_baseline_acceptable_recommends_the_baseline():
 
 
 def test_report_has_the_pareto_plot_the_recommendation_and_the_skipped_variants(tmp_path):
-    metrics_dir, pred_dir = tmp_path / "metrics", tmp_path / "pred"
-    metrics_dir.mkdir()
+    details_dir, pred_dir = tmp_path / "details", tmp_path / "pred"
+    details_dir.mkdir()
     pred_dir.mkdir()
     actual = ["a", "b"] * 50
-    for name, size, ms, flips in [("fp32", 4_000_000, 10.0, 0), ("q8", 1_000_000, 8.0, 1), ("q4", 500_000, 9.0, 30)]:
+    for name, size, flips in [("fp32", 4_000_000, 0), ("q8", 1_000_000, 1), ("q4", 500_000, 30)]:
         predicted = [("b" if x == "a" else "a") if i < flips else x for i, x in enumerate(actual)]
-        m = _metrics(name, size, ms, sum(p == a for p, a in zip(predicted, actual)) / len(actual))
+        m = _metrics(name, size, sum(p == a for p, a in zip(predicted, actual)) / len(actual))
         m.update(per_class={}, confusion_matrix={"labels": ["a", "b"], "matrix": [[50, 0], [0, 50]]}, test_rows=100,
                  environment={"device_name": "cpu", "torch": "t", "transformers": "t", "bitsandbytes": None})
-        m["latency"].update(batch_size=16, seq_len=128, warmup=1, iters=3, timer="perf_counter", threads=2)
-        (metrics_dir / f"{name}.json").write_text(json.dumps(m))
+        (details_dir / f"{name}.json").write_text(json.dumps(m))
         pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(pred_dir / f"{name}.csv", index=False)
-    (metrics_dir / "gpu_only.json").write_text(json.dumps({"variant": "gpu_only", "scheme": "torchao", "skipped": "needs CUDA"}))
+    (details_dir / "gpu_only.json").write_text(json.dumps({"variant": "gpu_only", "scheme": "torchao", "skipped": "needs CUDA"}))
+    bench = tmp_path / "benchmark.json"
+    bench.write_text(json.dumps(fake_bench({"fp32": 10.0, "q8": 8.0, "q4": 9.0})))
     params = ReportParams(half_baseline="none")
-    rows = build_report(["fp32", "q8", "q4", "gpu_only"], metrics_dir, pred_dir, params, tmp_path / "report.md",
-                        tmp_path / "figures", tmp_path / "comparison.json")
+    out = {k: tmp_path / k for k in ("report.md", "figures", "comparison.json", "metrics", "pareto.csv")}
+    rows = build_report(["fp32", "q8", "q4", "gpu_only"], details_dir, pred_dir, bench, params, out["report.md"],
+                        out["figures"], out["comparison.json"], out["metrics"], out["pareto.csv"])
     assert [r["variant"] for r in rows] == ["fp32", "q8", "q4"]
-    text = (tmp_path / "report.md").read_text()
+    text = out["report.md"].read_text()
     assert "## Recommendation" in text and "Smallest acceptable variant: `q8`" in text
     assert "## Variants not run on this machine" in text and "`gpu_only`: needs CUDA" in text
-    assert (tmp_path / "figures" / "pareto.png").stat().st_size > 10_000
-    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert "timed interleaved" in text and "1.25x [1.25, 1.25]" in text
+    assert (out["figures"] / "pareto.png").stat().st_size > 10_000
+    comparison = json.loads(out["comparison.json"].read_text())
     assert comparison["recommendation"]["smallest"] == "q8" and comparison["skipped"] == {"gpu_only": "needs CUDA"}
+    assert comparison["recommendation"]["fastest"] == "q8" and comparison["recommendation"]["fastest_is_measurably_faster"]
     assert not comparison["recommendation"]["verdicts"]["q4"]["acceptable"]  # 30 of 100 flipped: p < 0.05, 30 pts
+    q8 = comparison["variants"]["q8"]
+    assert q8["speedup"] == 1.25 and q8["speedup_ci95"] == [1.25, 1.25] and q8["speed_verdict"] == "faster"
+    metrics = {p.stem: json.loads(p.read_text()) for p in out["metrics"].glob("*.json")}
+    assert set(metrics) == {"fp32", "q8", "q4"}
+    assert all(len(m) <= 13 and all(isinstance(v, (int, float)) for v in m.values()) for m in metrics.values())
+    assert metrics["q8"]["speedup"] == 1.25 and metrics["q8"]["compression"] == 4.0
+    pareto = pd.read_csv(out["pareto.csv"])
+    assert list(pareto["variant"]) == ["fp32", "q8", "q4"] and {"accuracy", "latency_ms", "size_MiB"} <= set(pareto.columns)
 
 
 def test_max_accuracy_drop_is_validated():

@@ -1,168 +1,323 @@
-"""One latency and memory protocol, used by `evaluate` for every variant.
+"""Speed you can compare: every variant loaded into one process and timed interleaved.
 
-A fixed batch (`batch_size` rows padded to `seq_len` tokens) is run `warmup` times untimed, then `iters`
-times timed, one forward pass each, under `torch.inference_mode()`. On CUDA each pass is timed with CUDA
-events and a synchronize before reading them; on CPU with `time.perf_counter` around the pass, at a
-recorded thread count. The first warm-up pass is also timed on its own (`first_call_ms`): for a
-variant run through `torch.compile` it includes the compilation, kept apart from the latency. Reported: median, p95, min, max, mean and standard deviation in ms, throughput
-= batch_size / median (samples/s), and peak memory (CUDA: `max_memory_allocated`; CPU: the process's
-peak resident set size, which includes everything loaded before).
+Protocol (the same for the `benchmark` stage and `ptqflow bench`):
+1. Load every runnable variant. A variant that cannot run here is recorded as skipped, with the reason. A
+   variant that does not fit beside the others (out of memory on load) is timed later, alone beside the
+   anchor variant (the report's baseline), and labelled so.
+2. First call: each variant runs the batch of each batch size once, timed on its own (`first_call_ms`); for a
+   `torch.compile` variant this is where compilation happens, so it is kept apart from the latency.
+3. R rounds; each round visits every variant once, in a fresh random order drawn from a seeded generator;
+   a visit is `warmup` untimed passes and then `iters` timed forward passes of the same padded batch, under
+   `torch.inference_mode()`. CPU: `time.perf_counter` around each pass, at a thread count fixed for the whole
+   run and recorded. CUDA: CUDA events around each pass and a synchronize before reading them.
+4. Per variant and batch size: median, p95 and IQR (q75 - q25) over all R x iters timed passes, and the
+   per-round medians, from which the paired speedup against any other variant is computed (stats.py:
+   ratio per round, median over rounds, bootstrap 95% interval over rounds).
+Peak memory per variant is measured where it does not mix variants: on CUDA, the bytes its load added plus
+the most its passes allocated above what was allocated before them (`max_memory_allocated` reset around each
+visit). On CPU one process holds every variant, so its peak resident set cannot be attributed to one: said so.
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import platform
-import resource
 import statistics
-import sys
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from .machine import command_line, environment
+from .sizes import model_device, size_record
+
+CPU_MEMORY_NOTE = "unavailable on CPU: one process holds every variant, so its peak resident memory cannot be attributed to one"
 
 
+@dataclass
+class Protocol:
+    rounds: int = 15
+    warmup: int = 1
+    iters: int = 5
+    seed: int = 0
+
+
+# -------------------------------------------------------------------------------------------- timing
 def _percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100.0
-    lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def summarize(times_ms: list[float], batch_size: int) -> dict:
-    median = statistics.median(times_ms)
+def latency_summary(rounds_ms: list[list[float]], batch_size: int) -> dict:
+    """Median, p95, IQR, min, max over every timed pass of every round, and each round's median."""
+    flat = [t for r in rounds_ms for t in r]
+    median = statistics.median(flat)
+    q25, q75 = _percentile(flat, 25), _percentile(flat, 75)
     return {
+        "batch_size": int(batch_size),
         "median_ms": round(median, 4),
-        "p95_ms": round(_percentile(times_ms, 95), 4),
-        "min_ms": round(min(times_ms), 4),
-        "max_ms": round(max(times_ms), 4),
-        "mean_ms": round(statistics.fmean(times_ms), 4),
-        "std_ms": round(statistics.stdev(times_ms), 4) if len(times_ms) > 1 else 0.0,
+        "p95_ms": round(_percentile(flat, 95), 4),
+        "iqr_ms": round(q75 - q25, 4),
+        "q25_ms": round(q25, 4),
+        "q75_ms": round(q75, 4),
+        "min_ms": round(min(flat), 4),
+        "max_ms": round(max(flat), 4),
+        "passes": len(flat),
         "throughput_samples_per_s": round(batch_size / (median / 1000.0), 2),
+        "round_medians_ms": [round(statistics.median(r), 4) for r in rounds_ms],
     }
 
 
-@torch.inference_mode()
-def measure_latency(model: torch.nn.Module, batch: dict[str, torch.Tensor], warmup: int, iters: int) -> dict:
-    """Time `iters` forward passes of `batch` after `warmup` untimed ones (protocol in the module docstring)."""
-    device = model_device(model)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    first_call_ms = None
-    for i in range(warmup):
-        t0 = time.perf_counter()
-        model(**batch)
-        if i == 0:  # timed on its own: for a compiled model this is where compilation happens
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            first_call_ms = round((time.perf_counter() - t0) * 1000.0, 2)
-    times: list[float] = []
+def _timed_passes(model: torch.nn.Module, batch: dict, n: int, device: torch.device) -> list[float]:
+    """`n` forward passes, each timed (ms): perf_counter on CPU, CUDA events + synchronize on CUDA."""
+    times = []
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(iters):
+        for _ in range(n):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             model(**batch)
             end.record()
             torch.cuda.synchronize(device)
             times.append(start.elapsed_time(end))
-        peak = {"peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated(device))}
     else:
-        for _ in range(iters):
+        for _ in range(n):
             t0 = time.perf_counter()
             model(**batch)
             times.append((time.perf_counter() - t0) * 1000.0)
-        peak = {"peak_rss_bytes": peak_rss_bytes()}
-    batch_size, seq_len = batch["input_ids"].shape
+    return times
+
+
+def _first_call_ms(model: torch.nn.Module, batch: dict, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    model(**batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return round((time.perf_counter() - t0) * 1000.0, 2)
+
+
+@torch.inference_mode()
+def interleave(
+    models: dict[str, torch.nn.Module], batches: dict[int, dict], protocol: Protocol, device: torch.device,
+    desc: str = "benchmark",
+) -> dict[str, dict]:
+    """Steps 2-4 of the protocol for the loaded `models`; {variant: {first_call_ms, latency, peak memory}}."""
+    batches = {bs: {k: v.to(device) for k, v in b.items()} for bs, b in batches.items()}
+    names = list(models)
+    out: dict[str, dict] = {n: {"first_call_ms": {}, "visit_peak_bytes": 0} for n in names}
+    for name in names:
+        for bs, batch in batches.items():
+            out[name]["first_call_ms"][str(bs)] = _first_call_ms(models[name], batch, device)
+    times = {n: {bs: [] for bs in batches} for n in names}
+    rng = np.random.default_rng(protocol.seed)
+    bar = tqdm(total=protocol.rounds * len(names) * len(batches), desc=desc, unit="visit")
+    for _ in range(protocol.rounds):
+        for i in rng.permutation(len(names)):
+            name = names[i]
+            for bs, batch in batches.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                    before = torch.cuda.memory_allocated(device)
+                _timed_passes(models[name], batch, protocol.warmup, device)
+                times[name][bs].append(_timed_passes(models[name], batch, protocol.iters, device))
+                if device.type == "cuda":
+                    extra = torch.cuda.max_memory_allocated(device) - before
+                    out[name]["visit_peak_bytes"] = max(out[name]["visit_peak_bytes"], int(extra))
+                bar.update(1)
+    bar.close()
+    for name in names:
+        out[name]["latency"] = [latency_summary(times[name][bs], bs) for bs in batches]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- loading
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+
+
+def run_interleaved(
+    loaders: dict[str, Callable[[], tuple[torch.nn.Module, dict]]],
+    batches: dict[int, dict],
+    protocol: Protocol,
+    device: torch.device,
+    anchor: str | None = None,
+    describe: Callable[[str, torch.nn.Module, dict], dict] | None = None,
+) -> dict:
+    """Load every variant with its loader (-> (model, info)), time them all interleaved, and return the record.
+
+    A loader raising `VariantSkipped` marks the variant skipped (with the reason); one running out of memory
+    marks it "alone": it is timed after the others are released, interleaved with `anchor` only.
+    `describe(name, model, info)` adds what is known about the loaded model (dtype, size, kernel).
+    """
+    from .quantize import VariantSkipped
+
+    records: dict[str, dict] = {}
+    models: dict[str, torch.nn.Module] = {}
+    alone: list[str] = []
+    for name, load in tqdm(loaders.items(), desc="load variants", unit="variant"):
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        try:
+            model, info = load()
+        except VariantSkipped as exc:
+            records[name] = {"variant": name, "skipped": str(exc)}
+            continue
+        except BaseException as exc:  # noqa: BLE001 - only out-of-memory is handled here
+            if not _is_oom(exc):
+                raise
+            records[name] = {"variant": name, "timed": f"alone beside {anchor} (did not fit beside the others: "
+                                                       f"{type(exc).__name__})"}
+            alone.append(name)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        records[name] = {"variant": name, "timed": "interleaved with all", **(describe(name, model, info) if describe else {})}
+        if device.type == "cuda":
+            records[name]["gpu_memory_after_load_bytes"] = int(torch.cuda.memory_allocated(device) - before)
+        models[name] = model
+    if models:
+        for name, res in interleave(models, batches, protocol, device).items():
+            records[name].update(_with_memory(res, records[name], device))
+    if alone:
+        if anchor not in models:
+            raise ValueError(f"variants {alone} must be timed beside the anchor {anchor!r}, which did not load")
+        keep = models.pop(anchor)
+        models.clear()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        for name in alone:
+            try:
+                model, info = loaders[name]()
+            except BaseException as exc:  # noqa: BLE001
+                if not _is_oom(exc):
+                    raise
+                records[name] = {"variant": name, "skipped": f"does not fit in memory even alone beside {anchor}: {exc}"[:300]}
+                continue
+            if describe:
+                records[name].update(describe(name, model, info))
+            pair = interleave({anchor: keep, name: model}, batches, protocol, device, desc=f"benchmark {name} alone")
+            records[name].update(_with_memory(pair[name], records[name], device))
+            records[name]["anchor_latency"] = pair[anchor]["latency"]
+            del model
+            gc.collect()
     return {
-        **summarize(times, batch_size),
-        "batch_size": int(batch_size),
-        "seq_len": int(seq_len),
-        "warmup": warmup,
-        "iters": iters,
-        "first_call_ms": first_call_ms,
-        "timer": "cuda events + synchronize" if device.type == "cuda" else "time.perf_counter",
-        "threads": torch.get_num_threads(),
-        **peak,
-    }
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (int8 models may hold only buffers)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def command_line() -> str:
-    """The command that is running, as a user would type it (`python -m ptqflow ...` for the package's __main__)."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(os.path.join("ptqflow", "__main__.py")):
-        argv[0:1] = ["python", "-m", "ptqflow"]
-    elif argv and os.path.basename(argv[0]) == "ptqflow":
-        argv[0] = "ptqflow"
-    elif argv and argv[0].endswith(".py"):
-        argv[0:1] = ["python", os.path.relpath(argv[0])]
-    return " ".join(argv)
-
-
-def environment(device: torch.device) -> dict:
-    """Device and library versions to record beside every measurement."""
-    import transformers
-
-    try:
-        import bitsandbytes
-
-        bnb_version = bitsandbytes.__version__
-    except Exception:  # noqa: BLE001 - reported, not required
-        bnb_version = None
-    from .modeling import device_name
-
-    return {
+        "environment": environment(device),
         "command": command_line(),
-        "device": device.type,
-        "device_name": device_name(device),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "bitsandbytes": bnb_version,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "date": time.strftime("%Y-%m-%d"),
+        "protocol": {**asdict(protocol), "batch_sizes": list(batches), "seq_len": int(next(iter(batches.values()))["input_ids"].shape[1]),
+                     "order": "every round visits every variant once, in a fresh random order (numpy default_rng(seed))",
+                     "timer": "cuda events + synchronize" if device.type == "cuda" else "time.perf_counter",
+                     "threads": torch.get_num_threads(), "anchor": anchor},
+        "variants": records,
     }
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor holds; a tensor subclass (torchao's quantized weights) is counted by its inner tensors."""
-    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
+def _with_memory(res: dict, record: dict, device: torch.device) -> dict:
+    res = dict(res)
+    extra = res.pop("visit_peak_bytes")
+    if device.type == "cuda":
+        res["peak_memory"] = {**size_record(record.get("gpu_memory_after_load_bytes", 0) + extra),
+                              "what": "GPU bytes its load added + the most its passes allocated above that"}
+    else:
+        res["peak_memory"] = CPU_MEMORY_NOTE
+    return res
 
 
-def memory_footprint(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters and buffers as held in memory, plus what modules hold outside them
-    (`extra_memory_bytes()`, e.g. fbgemm's packed int8 weights)."""
-    base = sum(tensor_bytes(t) for t in [*model.parameters(), *model.buffers()])
-    return base + sum(int(m.extra_memory_bytes()) for m in model.modules() if hasattr(m, "extra_memory_bytes"))
+def fix_threads(threads: int | None, device: torch.device) -> int:
+    """Fix the CPU thread count for the whole run (None: keep torch's default); returns it."""
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
-def size_record(n_bytes: int) -> dict:
-    """A size in bytes, MiB (2**20) and MB (10**6), units explicit."""
-    return {"bytes": int(n_bytes), "MiB": round(n_bytes / 2**20, 4), "MB": round(n_bytes / 1e6, 4)}
+# --------------------------------------------------------------------------------------- speed stats
+def speeds_against(bench: dict, baseline: str, batch_size: int | None = None, resamples: int = 2000, seed: int = 0,
+                   equivalence: float = 0.05) -> dict[str, dict]:
+    """{variant: {speedup, speedup_ci95, speed_verdict, rounds}} against `baseline` at `batch_size` (default:
+    the first), paired by round (stats.paired_speedup). A variant timed alone is paired with the anchor's
+    rounds beside it; variants without timings are left out."""
+    from .stats import paired_speedup
+
+    records = bench["variants"]
+    bs = batch_size or bench["protocol"]["batch_sizes"][0]
+
+    def rounds(lat: list[dict]) -> list[float] | None:
+        hit = [x for x in lat if x["batch_size"] == bs]
+        return hit[0]["round_medians_ms"] if hit else None
+
+    if "latency" not in records.get(baseline, {}):
+        return {}
+    base = rounds(records[baseline]["latency"])
+    out = {}
+    for name, rec in records.items():
+        if "latency" not in rec:
+            continue
+        mine = rounds(rec["latency"])
+        ref = rounds(rec["anchor_latency"]) if "anchor_latency" in rec and baseline == bench["protocol"].get("anchor") else base
+        if "anchor_latency" in rec and baseline != bench["protocol"].get("anchor"):
+            continue  # timed alone beside another variant: no paired rounds with this baseline
+        if mine is None or ref is None:
+            continue
+        out[name] = paired_speedup(ref, mine, resamples, seed, equivalence)
+    return out
 
 
-# ------------------------------------------------------------------------------------- ptqflow bench
-def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A full (unpadded) batch of seeded random token ids: GPT-2's compute does not depend on the ids."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+def latency_at(record: dict, batch_size: int) -> dict | None:
+    hit = [x for x in record.get("latency", []) if x["batch_size"] == batch_size]
+    return hit[0] if hit else None
+
+
+def fastest_half(bench: dict, candidates: list[str], batch_size: int | None = None) -> str | None:
+    """Of `candidates` (half-precision casts), the one with the lowest median latency on this machine."""
+    bs = batch_size or bench["protocol"]["batch_sizes"][0]
+    timed = [(latency_at(bench["variants"].get(c, {}), bs), c) for c in candidates]
+    timed = [(lat["median_ms"], c) for lat, c in timed if lat]
+    return min(timed)[1] if timed else None
+
+
+# ---------------------------------------------------------------------------------- pipeline + bench
+def benchmark_artifacts(variants: dict[str, dict], artifacts_dir: str | Path, prepared_dir: str | Path, params,
+                        anchor: str) -> dict:
+    """The `benchmark` stage: every variant's artifact from `quantize@`, batches of real test rows padded to
+    `data.max_length`, the interleaved protocol with `params` (config.BenchmarkParams)."""
+    from .batches import cycled_rows, pad_batch
+    from .data import load_prepared
+    from .modeling import pick_device
+
+    device = pick_device(params.device)
+    fix_threads(params.threads, device)
+    data, meta = load_prepared(prepared_dir)
+    rows = data["test"]["input_ids"]
+    loaders = {name: _artifact_loader(name, raw, Path(artifacts_dir) / name, device) for name, raw in variants.items()}
+    pad_id = _artifact_config(Path(artifacts_dir), variants).get("pad_token_id") or 0
+    batches = {bs: pad_batch(cycled_rows(rows, bs), pad_id, length=meta["max_length"]) for bs in params.batch_sizes}
+    protocol = Protocol(params.rounds, params.warmup, params.iters, params.seed)
+    return run_interleaved(loaders, batches, protocol, device, anchor=anchor, describe=_describe)
+
+
+def _artifact_loader(name: str, raw: dict, art: Path, device: torch.device) -> Callable[[], tuple[torch.nn.Module, dict]]:
+    def load():
+        from .quantize import load_variant
+        from .quantize.registry import run_options
+
+        model, meta = load_variant(name, raw, art, device)
+        return model, {**meta, "compile": run_options(name, raw).compile}
+
+    return load
+
+
+def _describe(name: str, model: torch.nn.Module, meta: dict) -> dict:
+    from .sizes import memory_footprint
+
+    return {"scheme": meta.get("scheme"), "runtime_dtype": meta.get("runtime_dtype"), "compile": meta.get("compile", "none"),
+            "runtime": getattr(model, "ptqflow_runtime", {}), "memory_footprint": size_record(memory_footprint(model)),
+            "device": str(model_device(model))}
 
 
 def build_from_config(config_dir: str, overrides: dict[str, int], out_dir) -> dict:
@@ -176,109 +331,116 @@ def build_from_config(config_dir: str, overrides: dict[str, int], out_dir) -> di
     return {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head, "n_parameters": model.num_parameters()}
 
 
-def bench_variant(model: torch.nn.Module, batch_sizes: list[int], seq_len: int, warmup: int, iters: int) -> list[dict]:
-    vocab = model.config.vocab_size
-    return [measure_latency(model, random_batch(bs, seq_len, vocab), warmup, iters) for bs in batch_sizes]
-
-
 def run_bench(
     variants: dict[str, dict],
     batch_sizes: list[int],
     seq_len: int,
-    warmup: int,
-    iters: int,
+    protocol: Protocol,
     device: torch.device,
+    baseline: str,
     artifacts_dir: str | None = None,
     config_dir: str | None = None,
     overrides: dict[str, int] | None = None,
+    threads: int | None = None,
 ) -> dict:
-    """Time every variant at every batch size on `device`, from pipeline artifacts or a model built from a config.
+    """`ptqflow bench`: the interleaved protocol on pipeline artifacts or on a model built from a config.
 
     From a config, the fresh-weight model is quantized by each variant's registry scheme in a temporary
-    folder, exactly as `quantize@<variant>` would. Accuracy is not measured here (`evaluate` does that).
+    folder, exactly as `quantize@<variant>` would. Inputs are seeded random token ids, no padding. Accuracy
+    is not measured here (`evaluate` does that).
     """
     import tempfile
-    from pathlib import Path
 
-    from .errors import PtqflowError
-    from .quantize import load_variant, quantize_variant
-    from .quantize.registry import run_options
+    from .batches import random_batch
+    from .quantize import quantize_variant
     from .quantize.common import weights_bytes
 
-    results, model_info = [], {}
+    fix_threads(threads, device)
+    model_info: dict = {}
     with tempfile.TemporaryDirectory(prefix="ptqflow-bench-") as tmp:
         if config_dir:
             src = Path(tmp) / "fp32-source"
             model_info = build_from_config(config_dir, overrides or {}, src)
-        for name, raw in variants.items():
-            art = Path(artifacts_dir) / name if artifacts_dir else Path(tmp) / name
-            record: dict = {"variant": name, "scheme": raw.get("scheme")}
-            try:
-                if config_dir:
-                    quantize_variant(name, raw, src, art, device)
-                if device.type == "cuda":  # release whatever the quantize step or the last variant left
-                    gc.collect()
-                    torch.cuda.empty_cache()
-                    before = torch.cuda.memory_allocated(device)
-                model, meta = load_variant(name, raw, art, device)
-                if device.type == "cuda":
-                    record["gpu_memory_after_load_bytes"] = int(torch.cuda.memory_allocated(device) - before)
-                record.update(
-                    runtime_dtype=meta.get("runtime_dtype"),
-                    compile=run_options(name, raw).compile,
-                    runtime=getattr(model, "ptqflow_runtime", {}),
-                    size_on_disk=size_record(weights_bytes(art)),
-                    memory_footprint=size_record(memory_footprint(model)),
-                    latency=bench_variant(model, batch_sizes, seq_len, warmup, iters),
-                )
-                del model
-                gc.collect()
-            except (PtqflowError, RuntimeError, NotImplementedError) as exc:
-                record["skipped"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            print(f"bench {name}: " + (record.get("skipped") or ", ".join(
-                f"b{r['batch_size']} {r['median_ms']:.2f} ms" for r in record["latency"])), flush=True)
-            results.append(record)
-    return {
-        "environment": environment(device),
-        "command": command_line(),
-        "date": time.strftime("%Y-%m-%d"),
-        "model": model_info or {"artifacts": artifacts_dir},
-        "protocol": {"seq_len": seq_len, "batch_sizes": batch_sizes, "warmup": warmup, "iters": iters,
-                     "input": "seeded random token ids, no padding"},
-        "results": results,
-    }
+            for name, raw in tqdm(variants.items(), desc="quantize", unit="variant"):
+                quantize_variant(name, raw, src, Path(tmp) / name, device)
+        root = Path(artifacts_dir) if artifacts_dir else Path(tmp)
+        loaders = {name: _artifact_loader(name, raw, root / name, device) for name, raw in variants.items()}
+        vocab = int(_artifact_config(root, variants).get("vocab_size", 50257))
+        batches = {bs: random_batch(bs, seq_len, vocab) for bs in batch_sizes}
+
+        def describe(name, model, meta):
+            return {**_describe(name, model, meta), "size_on_disk": size_record(weights_bytes(root / name))}
+
+        bench = run_interleaved(loaders, batches, protocol, device, anchor=baseline, describe=describe)
+    bench["model"] = model_info or {"artifacts": artifacts_dir}
+    bench["protocol"]["input"] = "seeded random token ids, no padding"
+    bench["baseline"] = baseline
+    return bench
+
+
+def _artifact_config(root: Path, variants: dict) -> dict:
+    """The model config of the first variant artifact that has one (every variant shares the fine-tuned config)."""
+    import json
+
+    for name in variants:
+        cfg = root / name / "config.json"
+        if cfg.is_file():
+            return json.loads(cfg.read_text())
+    return {}
+
+
+def add_speeds(bench: dict, baseline: str, half: str | None) -> dict:
+    """Write `speedup`, `speedup_ci95`, `speed_verdict` (and the same against `half`) into every timed batch
+    of every variant: the fields the pipeline's comparison.json carries."""
+    for bs in bench["protocol"]["batch_sizes"]:
+        for ref, suffix in ((baseline, ""), (half, "_vs_half")):
+            if not ref:
+                continue
+            for name, sp in speeds_against(bench, ref, bs).items():
+                lat = latency_at(bench["variants"][name], bs)
+                lat.update({f"speedup{suffix}": sp["speedup"], f"speedup{suffix}_ci95": sp["speedup_ci95"],
+                            f"speed_verdict{suffix}": "baseline" if name == ref else sp["speed_verdict"]})
+    bench["half_baseline"] = half
+    return bench
 
 
 def bench_markdown(bench: dict) -> str:
-    """The bench as a markdown table: median / p95 ms, throughput, speedup vs fp32 and vs fp16 per batch size."""
+    """The bench as a markdown table: per variant and batch size, median / p95 / IQR, speedups with CI and verdict."""
     env, proto = bench["environment"], bench["protocol"]
-    ok = [r for r in bench["results"] if "latency" in r]
-    by = {r["variant"]: {lat["batch_size"]: lat for lat in r["latency"]} for r in ok}
+    base, half = bench.get("baseline"), bench.get("half_baseline")
     lines = [
         f"Device: {env['device_name']}; torch {env['torch']}, transformers {env['transformers']}, "
         f"bitsandbytes {env['bitsandbytes']}, CUDA {env['cuda']}. Date: {bench['date']}.",
-        f"Model: {bench['model']}. Sequence length {proto['seq_len']}; {proto['warmup']} warm-up + "
-        f"{proto['iters']} timed forward passes per point; {proto['input']}.",
+        f"Model: {bench['model']}. Sequence length {proto['seq_len']}; {proto['input']}.",
+        f"Protocol: every variant loaded in one process, {proto['rounds']} rounds, each visiting every variant once "
+        f"in a fresh seeded random order (seed {proto['seed']}); a visit = {proto['warmup']} warm-up + {proto['iters']} "
+        f"timed passes; {proto['timer']}; {proto['threads']} threads. Speedup = median over rounds of the paired "
+        f"ratio baseline / variant, [bootstrap 95% interval over rounds].",
         f"Command: `{bench['command']}`",
         "",
-        "| variant | run-time dtype | compile | size (MiB) | GPU mem after load (MiB) | batch | median (ms) | p95 (ms) | "
-        "first call (ms) | samples/s | vs fp32 | vs fp16 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| variant | run-time dtype | compile | size (MiB) | GPU mem after load (MiB) | batch | median (ms) | p95 (ms) | "
+        f"IQR (ms) | first call (ms) | vs {base} [95% CI] | verdict | vs {half or 'half'} [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in ok:
-        for bs, lat in by[r["variant"]].items():
-            ref32 = by.get("fp32", {}).get(bs)
-            ref16 = by.get("fp16", {}).get(bs)
-            vs32 = f"{ref32['median_ms'] / lat['median_ms']:.2f}x" if ref32 else "-"
-            vs16 = f"{ref16['median_ms'] / lat['median_ms']:.2f}x" if ref16 else "-"
+    for name, r in bench["variants"].items():
+        for lat in r.get("latency", []):
             mem = r.get("gpu_memory_after_load_bytes")
             cells = [
-                r["variant"], r["runtime_dtype"], r.get("compile", "none"), f"{r['size_on_disk']['MiB']:.2f}",
-                f"{mem / 2**20:.1f}" if mem is not None else "-", str(bs), f"{lat['median_ms']:.2f}", f"{lat['p95_ms']:.2f}",
-                str(lat.get("first_call_ms", "-")), f"{lat['throughput_samples_per_s']:.1f}", vs32, vs16,
+                name + ("" if r.get("timed", "").startswith("interleaved") else " (alone)"), str(r.get("runtime_dtype")),
+                str(r.get("compile", "none")), f"{r['size_on_disk']['MiB']:.2f}" if "size_on_disk" in r else "-",
+                f"{mem / 2**20:.1f}" if mem is not None else "-", str(lat["batch_size"]), f"{lat['median_ms']:.2f}",
+                f"{lat['p95_ms']:.2f}", f"{lat['iqr_ms']:.2f}", str(r["first_call_ms"].get(str(lat["batch_size"]), "-")),
+                _ratio(lat, ""), lat.get("speed_verdict", "-"), _ratio(lat, "_vs_half"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-    for r in bench["results"]:
+    for name, r in bench["variants"].items():
         if "skipped" in r:
-            lines.append(f"\n`{r['variant']}` skipped: {r['skipped']}")
+            lines.append(f"\n`{name}` skipped: {r['skipped']}")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(lat: dict, suffix: str) -> str:
+    if f"speedup{suffix}" not in lat:
+        return "-"
+    lo, hi = lat[f"speedup{suffix}_ci95"]
+    return f"{lat[f'speedup{suffix}']:.2f}x [{lo:.2f}, {hi:.2f}]"

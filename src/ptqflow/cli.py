@@ -27,7 +27,7 @@ def _hub_check(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .benchmark import bench_markdown, run_bench
+    from .benchmark import Protocol, add_speeds, bench_markdown, run_bench
     from .config import load_params
     from .errors import PtqflowError
     from .io import write_json, write_text
@@ -38,6 +38,10 @@ def _bench(args: argparse.Namespace) -> None:
     unknown = [v for v in chosen if v not in variants]
     if unknown:
         raise PtqflowError(f"--variants: {', '.join(unknown)} not in {args.params} (known: {', '.join(variants)})")
+    if args.baseline not in chosen:
+        raise PtqflowError(f"--baseline {args.baseline!r} is not among the timed variants ({', '.join(chosen)})")
+    if args.half and args.half != "auto" and args.half not in chosen:
+        raise PtqflowError(f"--half {args.half!r} is not among the timed variants ({', '.join(chosen)})")
     device = pick_device(args.device)
     gpu = device.type == "cuda"
     overrides = {}
@@ -46,40 +50,53 @@ def _bench(args: argparse.Namespace) -> None:
         if not value.isdigit():
             raise PtqflowError(f"--override {item!r}: expected KEY=INTEGER, e.g. n_layer=12")
         overrides[key] = int(value)
+    if args.from_config and not (Path(args.from_config) / "config.json").is_file():
+        raise PtqflowError(f"--from-config {args.from_config}: no config.json there (e.g. models/base/gpt2 after `ptqflow assets`)")
     if not args.from_config and not Path(args.artifacts).is_dir():
         raise PtqflowError(f"{args.artifacts}: no pipeline artifacts (run `make run`, or use --from-config DIR)")
-    bench = run_bench(
-        {v: variants[v] for v in chosen},
-        [int(b) for b in args.batch_sizes.split(",")],
-        args.seq_len,
-        args.warmup if args.warmup is not None else (10 if gpu else 2),
-        args.iters if args.iters is not None else (50 if gpu else 5),
-        device,
-        artifacts_dir=None if args.from_config else args.artifacts,
-        config_dir=args.from_config,
-        overrides=overrides,
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise PtqflowError(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers, e.g. 16,64") from None
+    protocol = Protocol(
+        rounds=args.rounds if args.rounds is not None else (10 if gpu else 5),
+        warmup=args.warmup if args.warmup is not None else (3 if gpu else 1),
+        iters=args.iters if args.iters is not None else (10 if gpu else 3),
+        seed=args.seed,
     )
+    if protocol.rounds < 3 or protocol.iters < 1 or protocol.warmup < 0:
+        raise PtqflowError("--rounds must be >= 3, --iters >= 1 and --warmup >= 0")
+    bench = run_bench({v: variants[v] for v in chosen}, batch_sizes, args.seq_len, protocol, device, args.baseline,
+                      artifacts_dir=None if args.from_config else args.artifacts, config_dir=args.from_config,
+                      overrides=overrides, threads=args.threads)
+    half = args.half
+    if half == "auto":
+        from .benchmark import fastest_half
+
+        half = fastest_half(bench, [v for v in chosen if variants[v].get("scheme") == "cast"
+                                    and variants[v].get("compile", "none") in ("none", False)])
+    add_speeds(bench, args.baseline, half or None)
     write_json(f"{args.out}.json", bench)
     write_text(f"{args.out}.md", bench_markdown(bench))
     print(bench_markdown(bench))
 
 
 def _table(args: argparse.Namespace) -> None:
-    from .config import ReportParams, load_params, load_section
-    from .report import collect, format_table, split_skipped, summary_rows
-
     from pathlib import Path
 
+    from .config import ReportParams, load_params, load_section
+    from .errors import PtqflowError
     from .io import read_json
+    from .report import format_table
 
-    params = load_params(args.params)
-    report = load_section(ReportParams, "report", params)
-    comparison = Path(args.metrics_dir).parent / "comparison.json"
-    stats = {k: v["stats"] for k, v in read_json(comparison)["variants"].items()} if comparison.is_file() else None
-    metrics, skipped = split_skipped(collect(list(params.get("variants") or {}), args.metrics_dir))
-    rows = summary_rows(metrics, report, stats)
-    print(format_table(rows, report.size_unit))
-    for name, why in skipped.items():
+    report = load_section(ReportParams, "report", load_params(args.params))
+    path = Path(args.comparison)
+    if not path.is_file():
+        raise PtqflowError(f"{path}: missing (run `make run` or `dvc repro report`)")
+    comparison = read_json(path)
+    print(format_table(list(comparison["variants"].values()), report.size_unit, comparison["baseline"]))
+    print(f"speed: interleaved benchmark on {comparison.get('device')}, batch {comparison.get('batch_size')}")
+    for name, why in comparison.get("skipped", {}).items():
         print(f"{name}: skipped on the machine that evaluated it: {why}")
 
 
@@ -95,14 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hub-check", help="fail fast, in one line, when the Hugging Face Hub cannot be reached")
     p.add_argument("what", nargs="*", default=["gpt2", "fancyzhx/ag_news"], help="what needs the Hub (for the message)")
     p.set_defaults(func=_hub_check)
-    p = sub.add_parser("bench", help="time variants at several batch sizes on this device; JSON + markdown table",
+    p = sub.add_parser("bench", help="time variants interleaved in one process at several batch sizes; JSON + markdown table",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="parameter file (its `variants`)")
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all in the params file)")
     p.add_argument("--batch-sizes", default="1,16,64", help="comma-separated batch sizes")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per row")
-    p.add_argument("--warmup", type=int, default=None, help="untimed passes per point (default: 10 on GPU, 2 on CPU)")
-    p.add_argument("--iters", type=int, default=None, help="timed passes per point (default: 50 on GPU, 5 on CPU)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds, each visiting every variant once in a fresh random order (default: 10 on GPU, 5 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed passes per visit (default: 3 on GPU, 1 on CPU)")
+    p.add_argument("--iters", type=int, default=None, help="timed passes per visit (default: 10 on GPU, 3 on CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the visiting orders")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads, fixed for the run (default: torch's default)")
+    p.add_argument("--baseline", default="fp32", help="speedups are against this variant (paired by round)")
+    p.add_argument("--half", default="auto", help="a second speedup column against this variant; auto = the faster "
+                   "half-precision cast here; '' for none")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--artifacts", default="models/quantized", help="pipeline artifacts, one folder per variant")
     p.add_argument("--from-config", default=None, metavar="DIR",
@@ -110,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], metavar="KEY=N", help="config override with --from-config")
     p.add_argument("--out", default="benchmarks/bench", help="output path without extension (.json and .md)")
     p.set_defaults(func=_bench)
-    p = sub.add_parser("table", help="print the comparison table (one row per variant) from metrics/eval/")
+    p = sub.add_parser("table", help="print the comparison table (one row per variant) from metrics/comparison.json")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
-    p.add_argument("--metrics-dir", default="metrics/eval", help="per-variant metrics (default: %(default)s)")
+    p.add_argument("--comparison", default="metrics/comparison.json", help="the report stage's comparison (default: %(default)s)")
     p.set_defaults(func=_table)
     return parser
 

@@ -74,42 +74,52 @@ class TrainParams:
 
 
 @dataclass
-class LatencyParams:
-    batch_size: int = 16  # the report's batch; rows are padded to data.max_length
-    warmup: int = 10
-    iters: int = 50
-    threads: int | None = None  # CPU threads (torch.set_num_threads); None = torch's default
-
-    def __post_init__(self) -> None:
-        _check(self.batch_size > 0, "eval.latency.batch_size", "an integer > 0", self.batch_size)
-        _check(self.warmup >= 0, "eval.latency.warmup", "an integer >= 0", self.warmup)
-        _check(self.iters >= 1, "eval.latency.iters", "an integer >= 1", self.iters)
-
-
-@dataclass
 class EvalParams:
     batch_size: int = 128  # prediction batch over the test split
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    latency: LatencyParams = field(default_factory=LatencyParams)
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", "an integer > 0", self.batch_size)
 
 
 @dataclass
+class BenchmarkParams:
+    """The interleaved latency protocol (src/ptqflow/benchmark.py)."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [16])  # rows per timed batch (padded to data.max_length); the first is the report's
+    rounds: int = 15  # each round visits every variant once, in a fresh seeded random order
+    warmup: int = 1  # untimed passes at the start of each visit
+    iters: int = 5  # timed passes per visit
+    seed: int = 0  # the visiting orders
+    threads: int | None = None  # CPU threads, fixed for the whole stage; None = torch's default (recorded)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "benchmark.batch_sizes",
+               "a non-empty list of integers > 0", self.batch_sizes)
+        _check(self.rounds >= 3, "benchmark.rounds", "an integer >= 3 (the speedup interval is over rounds)", self.rounds)
+        _check(self.warmup >= 0, "benchmark.warmup", "an integer >= 0", self.warmup)
+        _check(self.iters >= 1, "benchmark.iters", "an integer >= 1", self.iters)
+        _check(self.threads is None or self.threads > 0, "benchmark.threads", "a positive integer or null", self.threads)
+
+
+@dataclass
 class ReportParams:
     size_unit: Literal["MiB", "MB"] = "MiB"
     baseline: str = "fp32"  # compression, speedup and the statistics are against this variant
-    half_baseline: str = "fp16"  # a second speedup column against this variant, when it is present
+    half_baseline: str = "auto"  # a second speedup column: this variant, or auto = the faster half-precision cast here
     alpha: float = 0.05  # McNemar significance level
     bootstrap_resamples: int = 2000
     seed: int = 0
     max_accuracy_drop: float = 0.005  # recommendation: accept a significant drop up to this (fraction; 0.005 = 0.5 points)
+    speed_equivalence: float = 0.05  # speed differences below this fraction count as none, even when the interval excludes 1
 
     def __post_init__(self) -> None:
         _check(0 < self.alpha < 1, "report.alpha", "a number in (0, 1)", self.alpha)
         _check(0 <= self.max_accuracy_drop < 1, "report.max_accuracy_drop", "a fraction in [0, 1) (0.005 = 0.5 points)",
                self.max_accuracy_drop)
+        _check(0 <= self.speed_equivalence < 1, "report.speed_equivalence", "a fraction in [0, 1) (0.05 = 5%)",
+               self.speed_equivalence)
         _check(self.bootstrap_resamples >= 1000, "report.bootstrap_resamples", "an integer >= 1000", self.bootstrap_resamples)
 
 
@@ -127,6 +137,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is dict:
         return "a mapping"
+    if origin is list:
+        return "a list"
     if tp is type(None):
         return "null"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
@@ -146,6 +158,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
+    elif origin is list:
+        if isinstance(value, list):
+            (etp,) = typing.get_args(tp)
+            return [_coerce(v, etp, f"{key}[{i}]") for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
             _, vtp = typing.get_args(tp)

@@ -175,7 +175,7 @@ def _stratify(df: pd.DataFrame) -> pd.Series | None:
 
 
 def split_frames(frames: dict[str, pd.DataFrame], params: DataParams) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Clean, cap and split: returns {train, validation, test} and counts for metrics/data.json."""
+    """Clean, cap and split: returns {train, validation, test} and counts for reports/data.json."""
     counts: dict = {"dropped_empty_text": {}, "duplicate_rows": {}}
     cleaned = {}
     for split, df in frames.items():
@@ -219,7 +219,7 @@ def class_counts(splits: dict[str, pd.DataFrame], classes: list[str]) -> dict:
 
 # ------------------------------------------------------------------------------------ the stage's job
 def prepare(params: DataParams, tokenizer, out_dir: str | Path) -> dict:
-    """Read `params.source`, split and tokenize it into `out_dir` (atomically); returns metrics/data.json."""
+    """Read `params.source`, split and tokenize it into `out_dir` (atomically); returns the details for reports/data.json."""
     from .io import atomic_dir, write_json
 
     frames, classes, content_hash = load_source(params.source)
@@ -238,6 +238,11 @@ def prepare(params: DataParams, tokenizer, out_dir: str | Path) -> dict:
         "truncated_to_max_length": truncated,
         **counts,
     }
+
+
+def headline(details: dict) -> dict:
+    """The rows per split: what `dvc metrics show` keeps of metrics/data.json (the rest goes to reports/data.json)."""
+    return {f"{name}_rows": split["rows"] for name, split in details["splits"].items()}
 
 
 def load_prepared(path: str | Path) -> tuple[DatasetDict, dict]:

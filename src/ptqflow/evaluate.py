@@ -1,4 +1,6 @@
-"""Evaluate one variant: predict the test split from its saved artifact, score it, time it, size it.
+"""Evaluate one variant: predict the test split from its saved artifact, score it, size it.
+
+Speed is not measured here: every variant is timed side by side in one process by the `benchmark` stage.
 
 Scores come from scikit-learn: accuracy, macro precision / recall / F1, and per class precision, recall,
 F1, support and one-vs-rest accuracy, (N - FP_k - FN_k) / N, as in the report's Tables 2-5.
@@ -15,25 +17,15 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from .benchmark import environment, measure_latency, memory_footprint, model_device, size_record
+from .batches import pad_batch
 from .config import EvalParams
 from .data import load_prepared
+from .machine import environment
 from .modeling import pick_device
 from .quantize import VariantSkipped, load_variant
 from .quantize.registry import run_options
 from .quantize.common import weights_bytes
-
-
-def pad_batch(rows: list[list[int]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad token id lists to `length` (default: the longest row) with an attention mask."""
-    length = length or max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        row = row[:length]
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+from .sizes import memory_footprint, model_device, size_record
 
 
 @torch.inference_mode()
@@ -81,9 +73,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 def evaluate_variant(
     variant: str, raw_variant: dict, artifact_dir: str | Path, prepared_dir: str | Path, params: EvalParams
 ) -> tuple[dict, pd.DataFrame]:
-    """Metrics JSON and a predictions frame (actual, predicted class names) for one variant."""
-    if params.latency.threads:
-        torch.set_num_threads(params.latency.threads)
+    """Details JSON and a predictions frame (actual, predicted class names) for one variant."""
     device = pick_device(params.device)
     data, meta = load_prepared(prepared_dir)
     classes, test = meta["classes"], data["test"]
@@ -93,12 +83,6 @@ def evaluate_variant(
         return skipped_metrics(variant, raw_variant, str(exc), device), pd.DataFrame({"actual": [], "predicted": []})
     pad_id = model.config.pad_token_id
     compiled = run_options(variant, raw_variant).compile
-
-    # latency first: for a compiled variant its first call holds the compilation, timed apart
-    lat = params.latency
-    rows = [test["input_ids"][i % len(test)] for i in range(lat.batch_size)]
-    batch = pad_batch(rows, pad_id, length=meta["max_length"])
-    latency = measure_latency(model, batch, lat.warmup, lat.iters)
 
     start = time.perf_counter()
     # compiled variants get fixed-length batches: one shape to compile (and one CUDA graph) instead of many
@@ -119,7 +103,6 @@ def evaluate_variant(
         "test_rows": int(len(y_true)),
         "size_on_disk": {**size_record(weights_bytes(Path(artifact_dir))), "what": "*.safetensors weight files"},
         "memory_footprint": {**size_record(memory_footprint(model)), "what": "parameters + buffers in memory"},
-        "latency": latency,
         "predict_wall_s": round(predict_s, 3),
         "environment": environment(device),
     }

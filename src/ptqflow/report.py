@@ -1,16 +1,25 @@
-"""Gather every variant's metrics into the report's Table 1, per-class tables and figures.
+"""Gather every variant's scores (evaluate@), timings (benchmark) and statistics into the report.
 
-Compression = size_on_disk(baseline) / size_on_disk(variant); speedup = median latency(baseline) /
-median latency(variant); both against `report.baseline` (fp32), measured in the same pipeline run with
-the same latency protocol. Sizes are shown in `report.size_unit` (MiB = 2**20 bytes unless set to MB).
+Compression = size_on_disk(baseline) / size_on_disk(variant). Speed comes from the `benchmark` stage, where
+every variant was timed interleaved in one process: speedup = the median over rounds of the paired ratio
+baseline / variant, with a bootstrap 95% interval over rounds (stats.py). A variant is called faster or
+slower only when that interval excludes 1 (and the difference exceeds `report.speed_equivalence`);
+otherwise "no measurable difference", and it counts as equal in speed to the baseline (effective speedup
+1.0) in the recommendation and the Pareto front. `report.half_baseline: auto` takes the faster of the
+half-precision casts (scheme `cast`, not compiled) on the measuring machine. Sizes are shown in
+`report.size_unit` (MiB = 2**20 bytes unless set to MB).
 
 The recommendation is computed from these numbers, nothing about it is fixed in code. A variant is
 *acceptable* when its accuracy drop against the baseline is not significant (McNemar p >= alpha) or is at
 most `report.max_accuracy_drop` (a fraction: 0.005 = 0.5 points). Among the acceptable variants (the
-baseline included) the report names the smallest on disk (ties: the faster) and the fastest by median
-latency (ties: the smaller). Variant A dominates B when A is at least as accurate, as small and as fast,
-and strictly better in one of them; the Pareto front is the set of variants no other variant dominates.
-Variants that could not run on this machine (`skipped`) are listed apart, with the reason.
+baseline included) the report names the smallest on disk (ties: the faster) and the fastest by effective
+speedup (ties: the smaller). Variant A dominates B when A is at least as accurate, as small and as fast
+(effective speedup), and strictly better in one of them; the Pareto front is the set of variants no other
+variant dominates. Variants that could not run on this machine (`skipped`) are listed apart, with the reason.
+
+Outputs: reports/report.md, plots/figures/*.png, metrics/comparison.json (every number of the comparison),
+metrics/eval/<variant>.json (the dozen numbers `dvc metrics show/diff` compare) and plots/pareto.csv (the
+data of `dvc plots` accuracy-vs-latency and accuracy-vs-size views).
 """
 
 from __future__ import annotations
@@ -18,16 +27,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .config import ReportParams  # noqa: E402
-from .errors import PtqflowError  # noqa: E402
-from .io import atomic_dir, read_json, write_json, write_text  # noqa: E402
+from .config import ReportParams
+from .errors import PtqflowError
+from .figures import plot_confusion, plot_metrics, plot_pareto, plot_size_latency
+from .io import atomic_dir, read_json, write_json, write_text
+from .pareto import pareto_front, speed_cost
 
 FIGURES = ("metrics_comparison.png", "size_latency.png", "pareto.png")
 
@@ -73,14 +77,34 @@ def compare_all(variants: list[str], predictions_dir: str | Path, params: Report
     return out
 
 
-def summary_rows(metrics: dict[str, dict], params: ReportParams, stats: dict[str, dict] | None = None) -> list[dict]:
-    """One row per variant: the numbers of Table 1, compression and speedups against the baselines, statistics."""
-    if params.baseline not in metrics:
-        raise PtqflowError(f"params.yaml: report.baseline {params.baseline!r} is not among the variants ({', '.join(metrics)})")
-    base = metrics[params.baseline]
-    half = metrics.get(params.half_baseline)
+def half_baseline(details: dict[str, dict], params: ReportParams, bench: dict) -> str | None:
+    """The variant that the "vs half" column is against: named, or (auto) the faster half-precision cast here."""
+    from .benchmark import fastest_half
+
+    if params.half_baseline != "auto":
+        return params.half_baseline if params.half_baseline in details else None
+    casts = [n for n, d in details.items()
+             if d.get("scheme") == "cast" and d.get("compile", "none") == "none" and d.get("runtime_dtype") in ("float16", "bfloat16")]
+    return fastest_half(bench, casts)
+
+
+def summary_rows(details: dict[str, dict], params: ReportParams, bench: dict, stats: dict[str, dict] | None = None) -> list[dict]:
+    """One row per variant: Table 1's numbers, compression, speedups with intervals and verdicts, statistics."""
+    from .benchmark import latency_at, speeds_against
+    from .stats import SAME
+
+    if params.baseline not in details:
+        raise PtqflowError(f"params.yaml: report.baseline {params.baseline!r} is not among the variants ({', '.join(details)})")
+    bs = bench["protocol"]["batch_sizes"][0]
+    half = half_baseline(details, params, bench)
+    speed = speeds_against(bench, params.baseline, bs, params.bootstrap_resamples, params.seed, params.speed_equivalence)
+    speed_half = speeds_against(bench, half, bs, params.bootstrap_resamples, params.seed, params.speed_equivalence) if half else {}
+    base = details[params.baseline]
     rows = []
-    for name, m in metrics.items():
+    for name, m in details.items():
+        rec = bench["variants"].get(name, {})
+        lat = latency_at(rec, bs) or {}
+        sp, sh = speed.get(name), speed_half.get(name)
         rows.append(
             {
                 "variant": name,
@@ -92,33 +116,26 @@ def summary_rows(metrics: dict[str, dict], params: ReportParams, stats: dict[str
                 "size": m["size_on_disk"][params.size_unit],
                 "memory": m["memory_footprint"][params.size_unit],
                 "size_bytes": m["size_on_disk"]["bytes"],
-                "latency_ms": m["latency"]["median_ms"],
-                "latency_p95_ms": m["latency"]["p95_ms"],
+                "latency_ms": lat.get("median_ms"),
+                "latency_p95_ms": lat.get("p95_ms"),
+                "latency_iqr_ms": lat.get("iqr_ms"),
+                "timed": rec.get("timed", f"not timed: {rec.get('skipped', 'absent from the benchmark')}"),
                 "compile": m.get("compile", "none"),
-                "first_call_ms": m["latency"].get("first_call_ms"),
+                "first_call_ms": rec.get("first_call_ms", {}).get(str(bs)),
                 "compression": base["size_on_disk"]["bytes"] / m["size_on_disk"]["bytes"],
-                "speedup": base["latency"]["median_ms"] / m["latency"]["median_ms"],
-                "speedup_vs_half": half["latency"]["median_ms"] / m["latency"]["median_ms"] if half else None,
+                "speedup": sp["speedup"] if sp else None,
+                "speedup_ci95": sp["speedup_ci95"] if sp else None,
+                "speed_verdict": ("baseline" if name == params.baseline else sp["speed_verdict"]) if sp else "not timed",
+                "effective_speedup": (1.0 if sp["speed_verdict"] == SAME or name == params.baseline else sp["speedup"]) if sp else None,
+                "speedup_vs_half": sh["speedup"] if sh else None,
+                "speedup_vs_half_ci95": sh["speedup_ci95"] if sh else None,
+                "speed_verdict_vs_half": sh["speed_verdict"] if sh else None,
+                "half_baseline": half,
                 "runtime_dtype": m.get("runtime_dtype"),
                 **({"stats": stats[name]} if stats and name in stats else {}),
             }
         )
     return rows
-
-
-COSTS = ("size_bytes", "latency_ms")  # lower is better; accuracy: higher is better
-
-
-def dominates(a: dict, b: dict, costs: tuple[str, ...] = COSTS) -> bool:
-    """a is at least as accurate as b and at most as costly in each of `costs`, and strictly better in one."""
-    ge = a["accuracy"] >= b["accuracy"] and all(a[c] <= b[c] for c in costs)
-    gt = a["accuracy"] > b["accuracy"] or any(a[c] < b[c] for c in costs)
-    return ge and gt
-
-
-def pareto_front(rows: list[dict], costs: tuple[str, ...] = COSTS) -> list[str]:
-    """Variants that no other variant dominates (accuracy up, `costs` down), in row order."""
-    return [r["variant"] for r in rows if not any(dominates(o, r, costs) for o in rows if o is not r)]
 
 
 def acceptable(row: dict, base: dict, params: ReportParams) -> tuple[bool, str]:
@@ -139,14 +156,17 @@ def acceptable(row: dict, base: dict, params: ReportParams) -> tuple[bool, str]:
 
 def recommend(rows: list[dict], params: ReportParams) -> dict:
     """The smallest and the fastest acceptable variant, with every variant's verdict and the Pareto front."""
+    from .stats import FASTER
+
     base = next(r for r in rows if r["variant"] == params.baseline)
     verdicts = {r["variant"]: acceptable(r, base, params) for r in rows}
     ok = [r for r in rows if verdicts[r["variant"]][0]]
-    smallest = min(ok, key=lambda r: (r["size_bytes"], r["latency_ms"]))
-    fastest = min(ok, key=lambda r: (r["latency_ms"], r["size_bytes"]))
+    smallest = min(ok, key=lambda r: (r["size_bytes"], speed_cost(r)))
+    fastest = min(ok, key=lambda r: (speed_cost(r), r["size_bytes"]))
     return {
         "smallest": smallest["variant"],
         "fastest": fastest["variant"],
+        "fastest_is_measurably_faster": fastest["speed_verdict"] == FASTER,
         "acceptable": [r["variant"] for r in ok],
         "verdicts": {n: {"acceptable": v[0], "why": v[1]} for n, v in verdicts.items()},
         "pareto_front": pareto_front(rows),
@@ -155,19 +175,32 @@ def recommend(rows: list[dict], params: ReportParams) -> dict:
     }
 
 
+def _speed(r: dict, suffix: str = "") -> str:
+    """'1.23x [1.10, 1.31] faster' or '-'."""
+    value = r.get(f"speedup{suffix}")
+    if value is None:
+        return "-"
+    lo, hi = r[f"speedup{suffix}_ci95"]
+    return f"{value:.2f}x [{lo:.2f}, {hi:.2f}]"
+
+
 def recommendation_markdown(rec: dict, rows: list[dict], params: ReportParams) -> str:
     by = {r["variant"]: r for r in rows}
 
     def line(name: str) -> str:
         r = by[name]
+        lat = f"{r['latency_ms']:.2f} ms median" if r["latency_ms"] is not None else "not timed"
         return (f"`{name}`: {r['size']:.2f} {params.size_unit} ({r['compression']:.2f}x smaller than `{params.baseline}`), "
-                f"{r['latency_ms']:.2f} ms median ({r['speedup']:.2f}x), accuracy {r['accuracy']:.4f}; "
+                f"{lat}, speed vs `{params.baseline}` {_speed(r)}: {r['speed_verdict']}; accuracy {r['accuracy']:.4f}; "
                 f"{rec['verdicts'][name]['why']}")
 
+    fastest_note = "" if rec["fastest_is_measurably_faster"] else (
+        f" No acceptable variant is measurably faster than `{params.baseline}` on this machine; among those equal in "
+        "speed, the smallest is named.")
     out = [
         f"- Smallest acceptable variant: {line(rec['smallest'])}.",
-        f"- Fastest acceptable variant: {line(rec['fastest'])}.",
-        f"- Pareto front (accuracy, size, latency): {', '.join(f'`{n}`' for n in rec['pareto_front'])}.",
+        f"- Fastest acceptable variant: {line(rec['fastest'])}.{fastest_note}",
+        f"- Pareto front (accuracy, size, speed): {', '.join(f'`{n}`' for n in rec['pareto_front'])}.",
         "",
         "| variant | acceptable | why |",
         "|---|---|---|",
@@ -176,24 +209,25 @@ def recommendation_markdown(rec: dict, rows: list[dict], params: ReportParams) -
     return "\n".join(out)
 
 
-def format_table(rows: list[dict], unit: str) -> str:
+def format_table(rows: list[dict], unit: str, baseline: str = "fp32") -> str:
     """The comparison as a markdown table, one row per variant (what `make run` prints)."""
-    head = ["variant", "accuracy", "Δacc [95% CI]", "McNemar p", "macro F1", f"size ({unit})", "latency median (ms)",
-            "p95 (ms)", "compression", "speedup vs fp32", "vs half"]
+    half = next((r["half_baseline"] for r in rows if r.get("half_baseline")), None)
+    head = ["variant", "accuracy", "Δacc [95% CI]", "McNemar p", "macro F1", f"size ({unit})", "compression",
+            "median (ms)", "p95 (ms)", f"speedup vs {baseline} [95% CI]", "speed", f"vs {half or 'half'} [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         st = r.get("stats")
         cells = [
             r["variant"], f"{r['accuracy']:.4f}", _delta(st), f"{st['mcnemar_p']:.3g}" if st else "-", f"{r['f1']:.4f}",
-            f"{r['size']:.2f}", f"{r['latency_ms']:.2f}", f"{r['latency_p95_ms']:.2f}", f"{r['compression']:.2f}x",
-            f"{r['speedup']:.2f}x", _x(r["speedup_vs_half"]),
+            f"{r['size']:.2f}", f"{r['compression']:.2f}x", _ms(r["latency_ms"]), _ms(r["latency_p95_ms"]),
+            _speed(r), r["speed_verdict"], _speed(r, "_vs_half"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _x(value: float | None) -> str:
-    return f"{value:.2f}x" if value is not None else "-"
+def _ms(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
 
 
 def _delta(st: dict | None) -> str:
@@ -202,22 +236,24 @@ def _delta(st: dict | None) -> str:
     return f"{st['delta_accuracy'] * 100:+.2f} pts [{st['delta_ci95_low'] * 100:+.2f}, {st['delta_ci95_high'] * 100:+.2f}]"
 
 
-def table1(rows: list[dict], unit: str) -> str:
+def table1(rows: list[dict], unit: str, baseline: str = "fp32") -> str:
     """The report's Table 1 layout: one column per variant, one row per metric."""
+    half = next((r["half_baseline"] for r in rows if r.get("half_baseline")), None)
     spec = [
-        ("Accuracy", "accuracy", "{:.4f}"), ("Precision (macro)", "precision", "{:.4f}"),
-        ("Recall (macro)", "recall", "{:.4f}"), ("F1-Score (macro)", "f1", "{:.4f}"),
-        (f"Size on disk ({unit})", "size", "{:.2f}"), (f"Memory footprint ({unit})", "memory", "{:.2f}"),
-        ("Inference median (ms)", "latency_ms", "{:.2f}"), ("Inference p95 (ms)", "latency_p95_ms", "{:.2f}"),
-        ("Compression", "compression", "{:.2f}x"), ("Speedup vs fp32", "speedup", "{:.2f}x"),
-        ("torch.compile mode", "compile", "{}"),
+        ("Accuracy", lambda r: f"{r['accuracy']:.4f}"), ("Precision (macro)", lambda r: f"{r['precision']:.4f}"),
+        ("Recall (macro)", lambda r: f"{r['recall']:.4f}"), ("F1-Score (macro)", lambda r: f"{r['f1']:.4f}"),
+        (f"Size on disk ({unit})", lambda r: f"{r['size']:.2f}"), (f"Memory footprint ({unit})", lambda r: f"{r['memory']:.2f}"),
+        ("Compression", lambda r: f"{r['compression']:.2f}x"),
+        ("Inference median (ms)", lambda r: _ms(r["latency_ms"])), ("Inference p95 (ms)", lambda r: _ms(r["latency_p95_ms"])),
+        ("Inference IQR (ms)", lambda r: _ms(r["latency_iqr_ms"])),
+        (f"Speedup vs {baseline} [95% CI]", _speed), ("Speed", lambda r: r["speed_verdict"]),
+        (f"Speedup vs {half or 'half precision'} [95% CI]", lambda r: _speed(r, "_vs_half")),
+        ("torch.compile mode", lambda r: str(r["compile"])),
+        ("First call (ms; includes compilation)", lambda r: f"{r['first_call_ms']:.1f}" if r["first_call_ms"] is not None else "-"),
     ]
     lines = ["| Metric | " + " | ".join(r["variant"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
-    for label, key, fmt in spec:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(r[key]) for r in rows) + " |")
-    lines.append("| Speedup vs half precision | " + " | ".join(_x(r["speedup_vs_half"]) for r in rows) + " |")
-    lines.append("| First call (ms; includes compilation) | " + " | ".join(
-        f"{r['first_call_ms']:.1f}" if r["first_call_ms"] is not None else "-" for r in rows) + " |")
+    for label, fmt in spec:
+        lines.append(f"| {label} | " + " | ".join(fmt(r) for r in rows) + " |")
     if all("stats" in r for r in rows):
         lines.append("| Accuracy Δ vs baseline [95% CI] | " + " | ".join(_delta(r["stats"]) for r in rows) + " |")
         lines.append("| Agreement with baseline | " + " | ".join(f"{r['stats']['agreement']:.4f}" for r in rows) + " |")
@@ -234,25 +270,36 @@ def per_class_table(m: dict) -> str:
 
 
 def render_markdown(
-    metrics: dict[str, dict], rows: list[dict], params: ReportParams, figures: list[str],
+    details: dict[str, dict], rows: list[dict], params: ReportParams, figures: list[str], bench: dict,
     rec: dict | None = None, skipped: dict[str, str] | None = None,
 ) -> str:
-    base = metrics[params.baseline]
-    lat, env = base["latency"], base["environment"]
+    base = details[params.baseline]
+    env, proto = bench["environment"], bench["protocol"]
+    half = next((r["half_baseline"] for r in rows if r.get("half_baseline")), None)
     unit_note = "MiB = 2^20 bytes" if params.size_unit == "MiB" else "MB = 10^6 bytes"
+    half_note = (f"`{half}` (report.half_baseline: auto = the faster half-precision cast on this machine)"
+                 if params.half_baseline == "auto" else f"`{half}`") if half else "none (no half-precision variant timed)"
+    alone = [n for n, r in bench["variants"].items() if r.get("timed", "").startswith("alone")]
     out = [
         "# Post-training quantization report",
         "",
         f"Test rows: {base['test_rows']}. Device: {env['device_name']}; torch {env['torch']}, transformers "
-        f"{env['transformers']}, bitsandbytes {env['bitsandbytes']}.",
-        f"Latency: batch {lat['batch_size']} x {lat['seq_len']} tokens (padded), {lat['warmup']} warm-up + "
-        f"{lat['iters']} timed forward passes, {lat['timer']}, {lat['threads']} threads; median and p95.",
+        f"{env['transformers']}, bitsandbytes {env['bitsandbytes']}. Benchmark date: {bench['date']}.",
+        f"Speed: every variant loaded in one process and timed interleaved (`benchmark` stage): {proto['rounds']} rounds, "
+        f"each visiting every variant once in a fresh seeded random order; a visit = {proto['warmup']} warm-up + "
+        f"{proto['iters']} timed passes of one batch of {proto['batch_sizes'][0]} x {proto['seq_len']} tokens (padded); "
+        f"{proto['timer']}, {proto['threads']} threads. Median, p95 and IQR over all timed passes. Speedup = median over "
+        f"rounds of the paired ratio `{params.baseline}` / variant, [bootstrap 95% interval over rounds]; called "
+        f"faster or slower only when the interval excludes 1 and the difference exceeds {params.speed_equivalence:.0%} "
+        "(`report.speed_equivalence`), else \"no measurable difference\".",
+        f"Half-precision baseline: {half_note}.",
+        *([f"Timed alone beside `{params.baseline}` (did not fit beside the others): {', '.join(alone)}."] if alone else []),
         f"Sizes: weight files on disk ({unit_note}); memory footprint = parameters + buffers as loaded. "
         f"Compression and speedup are against `{params.baseline}`.",
         "",
         "## Table 1: comparison of all variants",
         "",
-        table1(rows, params.size_unit),
+        table1(rows, params.size_unit, params.baseline),
         "",
         f"Statistics against `{params.baseline}` on the same test examples: accuracy difference with a paired "
         f"bootstrap 95% interval ({params.bootstrap_resamples} resamples, seed {params.seed}), agreement (share of "
@@ -264,137 +311,124 @@ def render_markdown(
         *[f"- `{r['variant']}` ({r['scheme']}): {r['runtime_dtype']}" for r in rows],
         "",
     ]
+    others = _other_batch_sizes(rows, bench, params)
+    if others:
+        out += ["## Speed at other batch sizes", "", others, ""]
     if skipped:
         out += ["## Variants not run on this machine", "",
                 *[f"- `{name}`: {why}" for name, why in skipped.items()], ""]
     if rec:
         out += ["## Recommendation", "",
                 f"Acceptable: accuracy drop against `{params.baseline}` not significant (McNemar p >= {params.alpha}) or at most "
-                f"{params.max_accuracy_drop * 100:.2f} points (`report.max_accuracy_drop`). Latency is the median above, "
-                "on this machine; compilation time is not included.", "",
+                f"{params.max_accuracy_drop * 100:.2f} points (`report.max_accuracy_drop`). Speed is the interleaved "
+                "benchmark's, on this machine; a variant with no measurable difference counts as equal in speed to "
+                f"`{params.baseline}`; compilation time is not included.", "",
                 recommendation_markdown(rec, rows, params), "", "![pareto](" + next(f for f in figures if "pareto" in f) + ")", ""]
-    for i, (name, m) in enumerate(metrics.items(), start=2):
+    for i, (name, m) in enumerate(details.items(), start=2):
         out += [f"## Table {i}: per-class metrics, {name}", "", per_class_table(m), ""]
     out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     return "\n".join(out)
 
 
-# -------------------------------------------------------------------------------------------- figures
-def plot_confusion(m: dict, path: Path) -> None:
-    cm = np.array(m["confusion_matrix"]["matrix"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.8))
-    ConfusionMatrixDisplay(cm, display_labels=m["confusion_matrix"]["labels"]).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
-    ax.set_title(f"Confusion matrix: {m['variant']} (accuracy {m['accuracy']:.4f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _other_batch_sizes(rows: list[dict], bench: dict, params: ReportParams) -> str:
+    from .benchmark import latency_at, speeds_against
+
+    sizes = bench["protocol"]["batch_sizes"][1:]
+    if not sizes:
+        return ""
+    lines = [f"| variant | batch | median (ms) | p95 (ms) | speedup vs {params.baseline} [95% CI] | speed |", "|---|---|---|---|---|---|"]
+    for bs in sizes:
+        speed = speeds_against(bench, params.baseline, bs, params.bootstrap_resamples, params.seed, params.speed_equivalence)
+        for r in rows:
+            lat = latency_at(bench["variants"].get(r["variant"], {}), bs)
+            sp = speed.get(r["variant"])
+            if lat:
+                lines.append(f"| {r['variant']} | {bs} | {lat['median_ms']:.2f} | {lat['p95_ms']:.2f} | "
+                             f"{_speed(sp) if sp else '-'} | {sp['speed_verdict'] if sp else '-'} |")
+    return "\n".join(lines)
 
 
-def plot_metrics(rows: list[dict], path: Path) -> None:
-    keys = [("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1")]
-    x = np.arange(len(keys))
-    width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, r in enumerate(rows):
-        ax.bar(x + i * width - 0.4 + width / 2, [r[k] for k, _ in keys], width, label=r["variant"])
-    values = [r[k] for r in rows for k, _ in keys]
-    lo = max(0.0, min(values) - 0.02)
-    ax.set_ylim(lo, min(1.0, max(values) + 0.01))
-    ax.set_xticks(x, [label for _, label in keys])
-    ax.set_ylabel("score (macro average)")
-    ax.set_title(f"Classification metrics by variant (y axis from {lo:.3f}, zoomed)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def metrics_record(row: dict, unit: str) -> dict:
+    """The dozen numbers of one variant that `dvc metrics show` / `dvc metrics diff` compare between runs."""
+    st = row.get("stats") or {}
+    lo, hi = row["speedup_ci95"] or (None, None)
+    out = {
+        "accuracy": round(row["accuracy"], 6),
+        "f1_macro": round(row["f1"], 6),
+        "delta_accuracy": st.get("delta_accuracy"),
+        "delta_ci95_low": st.get("delta_ci95_low"),
+        "delta_ci95_high": st.get("delta_ci95_high"),
+        "mcnemar_p": st.get("mcnemar_p"),
+        f"size_{unit.lower()}": round(row["size"], 4),
+        "compression": round(row["compression"], 4),
+        "latency_median_ms": row["latency_ms"],
+        "latency_p95_ms": row["latency_p95_ms"],
+        "speedup": row["speedup"],
+        "speedup_ci95_low": lo,
+        "speedup_ci95_high": hi,
+    }
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items() if v is not None}
 
 
-def plot_size_latency(rows: list[dict], unit: str, path: Path) -> None:
-    names = [r["variant"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.2))
-    bars = a.bar(names, [r["size"] for r in rows], color="tab:blue")
-    a.bar_label(bars, [f"{r['size']:.1f}\n{r['compression']:.2f}x" for r in rows], fontsize=8)
-    a.set_ylabel(f"weights on disk ({unit})")
-    a.set_title("Model size")
-    bars = b.bar(names, [r["latency_ms"] for r in rows], color="tab:orange",
-                 yerr=[[0] * len(rows), [r["latency_p95_ms"] - r["latency_ms"] for r in rows]], capsize=3)
-    b.bar_label(bars, [f"{r['latency_ms']:.1f}\n{r['speedup']:.2f}x" for r in rows], fontsize=8, padding=6)
-    b.set_ylabel("median latency per batch (ms); whisker = p95")
-    b.set_title("Inference latency")
-    for ax in (a, b):
-        ax.tick_params(axis="x", rotation=20)
-        ax.margins(y=0.2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def pareto_csv(rows: list[dict], rec: dict) -> str:
+    """plots/pareto.csv: one line per variant, the data of the DVC accuracy-vs-latency and -size plots."""
+    import pandas as pd
 
-
-def plot_pareto(rows: list[dict], rec: dict, params: ReportParams, path: Path) -> None:
-    """Accuracy against size and against latency, each variant a labelled point; the non-dominated points of
-    each view joined by a line; filled markers = on the 3-way (accuracy, size, latency) Pareto front."""
     front = set(rec["pareto_front"])
-    base = next(r for r in rows if r["variant"] == params.baseline)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
-    for ax, key, label in ((axes[0], "size", f"weights on disk ({params.size_unit}, log scale)"),
-                           (axes[1], "latency_ms", "median latency per batch (ms, log scale)")):
-        in_view = set(pareto_front(rows, (key,)))
-        view = sorted((r for r in rows if r["variant"] in in_view), key=lambda r: r[key])
-        ax.plot([r[key] for r in view], [r["accuracy"] for r in view], "-", color="tab:green", lw=1.2, label="non-dominated in this view")
-        for r in rows:
-            on = r["variant"] in front
-            ok = rec["verdicts"][r["variant"]]["acceptable"]
-            if ok:
-                ax.scatter(r[key], r["accuracy"], s=45, marker="o", facecolors="tab:blue" if on else "none", edgecolors="tab:blue")
-            else:
-                ax.scatter(r[key], r["accuracy"], s=45, marker="x", c="tab:red")
-        points: dict[tuple, list[str]] = {}  # variants at the same point share one label
-        for r in rows:
-            points.setdefault((r[key], r["accuracy"]), []).append(r["variant"])
-        for i, ((x, y), names) in enumerate(sorted(points.items())):
-            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -11), fontsize=7)
-        ax.axhline(base["accuracy"] - params.max_accuracy_drop, ls="--", color="grey", lw=0.8,
-                   label=f"{params.baseline} - max_accuracy_drop")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Accuracy vs size and latency (filled: Pareto front; x: not acceptable). "
-                 f"Smallest acceptable: {rec['smallest']}; fastest: {rec['fastest']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return pd.DataFrame([{
+        "variant": r["variant"], "accuracy": r["accuracy"], "latency_ms": r["latency_ms"],
+        "size_MiB": round(r["size_bytes"] / 2**20, 4), "size_MB": round(r["size_bytes"] / 1e6, 4),
+        "speedup": r["speedup"], "acceptable": rec["verdicts"][r["variant"]]["acceptable"], "pareto": r["variant"] in front,
+    } for r in rows]).to_csv(index=False)
 
 
 def build_report(
     variants: list[str],
-    metrics_dir: str | Path,
+    details_dir: str | Path,
     predictions_dir: str | Path,
+    bench_path: str | Path,
     params: ReportParams,
     report_path: str | Path,
     figures_dir: str | Path,
     comparison_path: str | Path,
+    metrics_dir: str | Path,
+    pareto_path: str | Path,
 ) -> list[dict]:
-    """Write the markdown report, the figures and metrics/comparison.json; returns the summary rows."""
-    metrics, skipped = split_skipped(collect(variants, metrics_dir))
+    """Write the markdown report, the figures, metrics/comparison.json, metrics/eval/ and plots/pareto.csv."""
+    details, skipped = split_skipped(collect(variants, details_dir))
     if params.baseline in skipped:
         raise PtqflowError(f"report.baseline {params.baseline!r} was skipped on this machine: {skipped[params.baseline]}")
-    rows = summary_rows(metrics, params, compare_all(list(metrics), predictions_dir, params))
+    bench_path = Path(bench_path)
+    if not bench_path.is_file():
+        raise PtqflowError(f"{bench_path}: missing (run: dvc repro benchmark)")
+    bench = read_json(bench_path)
+    if "latency" not in bench["variants"].get(params.baseline, {}):
+        raise PtqflowError(f"{bench_path}: the baseline {params.baseline!r} was not timed (run: dvc repro benchmark)")
+    rows = summary_rows(details, params, bench, compare_all(list(details), predictions_dir, params))
     rec = recommend(rows, params)
     write_json(comparison_path, {
         "baseline": params.baseline,
-        "half_baseline": params.half_baseline if params.half_baseline in metrics else None,
-        "variants": {r["variant"]: {k: r[k] for k in ("compression", "speedup", "speedup_vs_half", "stats")} for r in rows},
+        "half_baseline": rows[0]["half_baseline"],
+        "batch_size": bench["protocol"]["batch_sizes"][0],
+        "speed_equivalence": params.speed_equivalence,
+        "device": bench["environment"]["device_name"],
+        "variants": {r["variant"]: r for r in rows},
         "recommendation": rec,
         "skipped": skipped,
     })
-    names = [f"confusion_{name}.png" for name in metrics] + list(FIGURES)
+    with atomic_dir(metrics_dir) as tmp:
+        for r in rows:
+            write_json(tmp / f"{r['variant']}.json", metrics_record(r, params.size_unit))
+    write_text(pareto_path, pareto_csv(rows, rec))
+    names = [f"confusion_{name}.png" for name in details] + list(FIGURES)
     with atomic_dir(figures_dir) as tmp:
-        for name, m in metrics.items():
+        for name, m in details.items():
             plot_confusion(m, tmp / f"confusion_{name}.png")
         plot_metrics(rows, tmp / FIGURES[0])
-        plot_size_latency(rows, params.size_unit, tmp / FIGURES[1])
+        plot_size_latency(rows, params, tmp / FIGURES[1])
         plot_pareto(rows, rec, params, tmp / FIGURES[2])
     links = [os.path.relpath(Path(figures_dir) / n, Path(report_path).parent) for n in names]
-    write_text(report_path, render_markdown(metrics, rows, params, links, rec, skipped))
+    write_text(report_path, render_markdown(details, rows, params, links, bench, rec, skipped))
     return rows
+
+

@@ -8,6 +8,14 @@
   mean(correct_variant - correct_baseline); the 95% interval is the 2.5th and 97.5th percentile of those R
   differences. delta_accuracy = accuracy(variant) - accuracy(baseline).
 A variant is marked "no significant change" when p >= alpha, else "significant change".
+
+Speed, from the interleaved benchmark (benchmark.py): in round i every variant is visited once, close in time,
+and t_i is a variant's median pass time in that round. The paired ratio r_i = t_i(baseline) / t_i(variant)
+(> 1: the variant is faster); speedup = median_i r_i; its 95% interval is the percentile bootstrap of that
+median over rounds (rounds resampled with replacement, seeded). speed_verdict is "faster" when the whole
+interval lies above 1 and the speedup is at least 1 + equivalence, "slower" when it lies below 1 and the
+speedup is at most 1 / (1 + equivalence), else "no measurable difference" (then the variant counts as
+equal in speed to the baseline).
 """
 
 from __future__ import annotations
@@ -66,3 +74,30 @@ def compare_predictions(
         "alpha": alpha,
         "n": int(len(y_true)),
     }
+
+
+FASTER, SLOWER, SAME = "faster", "slower", "no measurable difference"
+
+
+def paired_speedup(
+    base_round_ms: list[float], variant_round_ms: list[float], resamples: int = 2000, seed: int = 0,
+    equivalence: float = 0.05, level: float = 0.95,
+) -> dict:
+    """Median per-round ratio baseline / variant, its bootstrap interval over rounds and the verdict (module docstring)."""
+    base, var = np.asarray(base_round_ms, dtype=np.float64), np.asarray(variant_round_ms, dtype=np.float64)
+    if len(base) != len(var) or len(base) == 0:
+        raise ValueError("paired speedup needs the same, non-zero number of rounds for both")
+    ratios = base / var
+    rng = np.random.default_rng(seed)
+    medians = np.median(ratios[rng.integers(0, len(ratios), size=(resamples, len(ratios)))], axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = (float(x) for x in np.percentile(medians, [tail, 100 - tail]))
+    speedup = float(np.median(ratios))
+    if lo > 1.0 and speedup >= 1.0 + equivalence:
+        verdict = FASTER
+    elif hi < 1.0 and speedup <= 1.0 / (1.0 + equivalence):
+        verdict = SLOWER
+    else:
+        verdict = SAME
+    return {"speedup": round(speedup, 4), "speedup_ci95": [round(lo, 4), round(hi, 4)], "speed_verdict": verdict,
+            "rounds": int(len(ratios))}

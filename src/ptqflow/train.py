@@ -2,7 +2,7 @@
 
 Multi-GPU comes from the launcher: `torchrun --nproc-per-node N stages/finetune.py` runs the same code
 data-parallel (the Trainer's DDP). `train.batch_size` is per device, so the effective batch is
-batch_size x world size; the learning rate is not rescaled. Both are recorded in metrics/train.json: to keep
+batch_size x world size; the learning rate is not rescaled. Both are recorded in reports/train.json: to keep
 a 1-GPU run's optimisation on N GPUs, divide `train.batch_size` by N. Only rank 0 writes outputs.
 """
 
@@ -23,7 +23,8 @@ from .config import ModelParams, TrainParams, to_dict
 from .data import load_prepared
 from .errors import PtqflowError
 from .io import atomic_dir
-from .modeling import build_model, configure_padding, device_name, load_tokenizer, max_positions, pick_device
+from .machine import device_name
+from .modeling import build_model, configure_padding, load_tokenizer, max_positions, pick_device
 
 
 def _accuracy(eval_pred) -> dict:
@@ -36,7 +37,7 @@ def finetune(
 ) -> dict:
     """Train on the prepared train split, validate each epoch, save the model (safetensors) to `out_dir`.
 
-    Epoch checkpoints go to `work_dir`; a run with a checkpoint there resumes from it. Returns metrics/train.json.
+    Epoch checkpoints go to `work_dir`; a run with a checkpoint there resumes from it. Returns the details for reports/train.json.
     """
     set_seed(train_params.seed)
     data, meta = load_prepared(prepared_dir)
@@ -144,3 +145,11 @@ def _last_checkpoint(work_dir: str | Path) -> str | None:
     work_dir = Path(work_dir)
     done = [p for p in work_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()] if work_dir.is_dir() else []
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+HEADLINE = ("val_accuracy", "wall_time_s", "train_rows", "validation_rows")
+
+
+def headline(details: dict) -> dict:
+    """What `dvc metrics show` keeps of metrics/train.json (every number stays in reports/train.json)."""
+    return {k: details[k] for k in HEADLINE if k in details}

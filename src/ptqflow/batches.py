@@ -1,0 +1,29 @@
+"""Batches of token ids, as every variant is run on them: right-padded rows with an attention mask."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pad_batch(rows: list[list[int]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists to `length` (default: the longest row) with an attention mask."""
+    length = length or max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        row = row[:length]
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full (unpadded) batch of seeded random token ids: a transformer's compute does not depend on the ids."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def cycled_rows(rows: list[list[int]], n: int) -> list[list[int]]:
+    """The first `n` rows, cycling when there are fewer."""
+    return [rows[i % len(rows)] for i in range(n)]

@@ -1,0 +1,79 @@
+"""What a measurement ran on: the device (CPU model and instruction-set flags, or the GPU card), the thread
+count, library versions and the command line. Recorded beside every latency and size figure."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+# CPU flags that decide which kernels run (int8 dot products, bf16/fp16 arithmetic, matrix tiles)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
+             "amx_fp16", "fma", "f16c")
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """{"model": ..., "flags": [...]} from /proc/cpuinfo (Linux); the platform's processor string elsewhere."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return {"model": model, "flags": flags}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model in ("", platform.processor() or platform.machine()):
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            present = set(value.split())
+            flags = [f for f in CPU_FLAGS if f in present]
+    return {"model": model, "flags": flags}
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA; on CPU the model, the flags that matter and the thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    info = cpu_info()
+    return f"cpu: {info['model']} [{' '.join(info['flags']) or 'no listed flags'}], {torch.get_num_threads()} threads"
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it (`python -m ptqflow ...` for the package's __main__)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("ptqflow", "__main__.py")):
+        argv[0:1] = ["python", "-m", "ptqflow"]
+    elif argv and os.path.basename(argv[0]) == "ptqflow":
+        argv[0] = "ptqflow"
+    elif argv and argv[0].endswith(".py"):
+        argv[0:1] = ["python", os.path.relpath(argv[0])]
+    return " ".join(argv)
+
+
+def environment(device: torch.device) -> dict:
+    """Device and library versions to record beside every measurement."""
+    import transformers
+
+    try:
+        import bitsandbytes
+
+        bnb_version = bitsandbytes.__version__
+    except Exception:  # noqa: BLE001 - reported, not required
+        bnb_version = None
+    env = {
+        "command": command_line(),
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "bitsandbytes": bnb_version,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+    if device.type == "cpu":
+        env["cpu"] = cpu_info()
+    return env
