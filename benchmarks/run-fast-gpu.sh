@@ -24,7 +24,7 @@ bench() {  # bench NAME SECONDS VARIANTS
 evaluate() {  # evaluate VARIANT
   python3 stages/quantize.py --params $P --variant "$1" --out "/tmp/q/$1" --no-tracking >/dev/null 2>&1 &&
     python3 stages/evaluate.py --params $P --variant "$1" --artifact "/tmp/q/$1" --no-tracking \
-      --metrics "$OUT/accuracy/metrics/$1.json" --predictions "$OUT/accuracy/predictions/$1.csv" 2>&1 | grep '^evaluate@'
+      --details "$OUT/accuracy/metrics/$1.json" --predictions "$OUT/accuracy/predictions/$1.csv" 2>&1 | grep '^evaluate@'
 }
 for part in $PARTS; do
   case $part in
