@@ -1,4 +1,4 @@
-"""Stage `prepare`: read data.source, carve a stratified validation split, tokenize -> data/prepared/."""
+"""Stage `prepare`: read data.source, carve a stratified validation split, tokenize with the model's tokenizer -> data/prepared/."""
 
 from ptqflow.cli import stage_parser
 from ptqflow.config import DataParams, ModelParams, load_params, load_section, to_dict
@@ -15,14 +15,14 @@ def main() -> None:
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
     from ptqflow.data import headline, prepare
-    from ptqflow.modeling import load_tokenizer
+    from ptqflow.modeling import checked_tokenizer
 
     params = load_params(args.params)
     data = load_section(DataParams, "data", params)
     model = load_section(ModelParams, "model", params)
     with stage_run("prepare", not args.no_tracking) as run:
-        run.log_params({"data": to_dict(data), "model.base": model.base})
-        metrics = prepare(data, load_tokenizer(model.base), args.out)
+        run.log_params({"data": to_dict(data), "model": to_dict(model)})
+        metrics = prepare(data, checked_tokenizer(model, data.max_length), args.out)
         write_json(args.details, metrics)
         write_json(args.metrics, headline(metrics))
         run.log_metrics(metrics["splits"])

@@ -143,7 +143,7 @@ def test_max_length_beyond_the_models_positions(tmp_path, monkeypatch, capsys, t
     params["model"]["overrides"]["n_positions"] = 16  # tiny_prepared has max_length 32
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     code, err = run_stage("finetune.py", ["--data", str(tiny_prepared)], root, monkeypatch, capsys)
-    assert code == 2 and "data.max_length 32 exceeds the model's 16 positions" in err
+    assert code == 2 and "data.max_length 32 exceeds the gpt2 model's 16 positions" in err
     assert not (root / "models").exists()
 
 

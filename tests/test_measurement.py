@@ -149,7 +149,7 @@ def test_bench_from_config_writes_json_and_markdown(tmp_path, shared):
             lo, hi = lat["speedup_ci95"]
             assert lo <= lat["speedup"] <= hi and lat["speed_verdict"] in ("baseline", "faster", "slower", "no measurable difference")
     assert bench["variants"]["fp32"]["latency"][0]["speedup"] == 1.0 and bench["variants"]["fp32"]["latency"][0]["speed_verdict"] == "baseline"
-    assert bench["model"]["n_layer"] == 1 and bench["protocol"]["iters"] == 2 and "bench" in bench["command"]
+    assert bench["model"]["num_hidden_layers"] == 1 and bench["model"]["model_type"] == "gpt2" and bench["protocol"]["iters"] == 2 and "bench" in bench["command"]
     assert bench["environment"]["cpu"]["model"] and bench["protocol"]["threads"] >= 1
     table = out.with_suffix(".md").read_text()
     assert "| fp16 | float16 |" in table and "vs fp32 [95% CI]" in table and "| fp32 | float32 |" in table

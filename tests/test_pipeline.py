@@ -188,3 +188,30 @@ def test_queued_experiments_run_in_parallel_and_lose_nothing(tmp_path, shared):
     assert sum(r["name"] == "finetune" for r in runs) == 3
     assert sum(r["name"] == "evaluate@int8_scratch" for r in runs) == 3
     assert {r["status"] for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_repro_runs_every_default_variant_on_other_families(tmp_path, shared, family):
+    """`dvc repro` with a tiny BERT / Llama config: every default variant is evaluated or skipped with its reason."""
+    from .families import EMBEDDING_TABLES, PROJECTIONS, make_base
+
+    defaults = list(yaml.safe_load((ROOT / "params.yaml").read_text())["variants"])
+    env = make_project(tmp_path, shared, defaults)
+    env["PTQFLOW_TRACKING"] = "0"
+    make_base(family, shared / "models" / "gpt2", tmp_path / "tiny-base")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["model"].update(base=str(tmp_path / "tiny-base"), overrides={})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], tmp_path, env)
+    comparison = json.loads((tmp_path / "metrics/comparison.json").read_text())
+    assert set(comparison["variants"]) | set(comparison["skipped"]) == set(defaults)
+    assert set(comparison["skipped"]) <= {"int4_wo_ao", "fp8_ao"}  # CUDA only; everything else ran on this CPU
+    for name in comparison["variants"]:
+        m = json.loads((tmp_path / "metrics/eval" / f"{name}.json").read_text())
+        assert 0 <= m["accuracy"] <= 1 and m["latency_median_ms"] > 0 and m["compression"] > 0
+    details = {n: json.loads((tmp_path / "reports/eval" / f"{n}.json").read_text()) for n in comparison["variants"]}
+    assert details["int8_dynamic"]["quantization"]["quantized_modules"] == PROJECTIONS[family]
+    assert details["int8_dynamic"]["quantization"]["quantized_embeddings"] == EMBEDDING_TABLES[family]
+    assert details["int8_bnb"]["quantization"]["quantized_modules"] == PROJECTIONS[family]
+    assert details["nf4_bnb_emb4"]["quantization"]["quantized_embeddings"] == EMBEDDING_TABLES[family]
+    assert details["fp32"]["environment"]["device"] == "cpu"

@@ -59,7 +59,7 @@ def test_bad_variants_get_one_clear_error(raw, message):
         (TrainParams, {"batch_size": 0}, "train.batch_size must be an integer > 0"),
         (DataParams, {"val_fraction": 1.5}, r"data.val_fraction must be a number in \(0, 1\)"),
         (ModelParams, {"init": "random"}, "model.init must be one of"),
-        (ModelParams, {"overrides": {"n_layers": 2}}, "model.overrides.n_layers"),
+        (ModelParams, {"overrides": {"n_layer": [1, 2]}}, "model.overrides.n_layer must be a number"),
     ],
 )
 def test_bad_params_get_one_clear_error(cls, raw, message):

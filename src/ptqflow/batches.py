@@ -5,16 +5,25 @@ from __future__ import annotations
 import torch
 
 
-def pad_batch(rows: list[list[int]], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad token id lists to `length` (default: the longest row) with an attention mask."""
+def pad_batch(
+    rows: list[list[int]], pad_id: int, length: int | None = None, token_types: list[list[int]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists to `length` (default: the longest row) with an attention mask; with
+    `token_types` (sentence pairs, architectures with segment embeddings) also token_type_ids, padded with 0."""
     length = length or max(len(r) for r in rows)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
+    types = torch.zeros((len(rows), length), dtype=torch.long) if token_types is not None else None
     for i, row in enumerate(rows):
         row = row[:length]
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            types[i, : len(row)] = torch.tensor(token_types[i][:length], dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
 
 
 def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -295,8 +295,11 @@ def benchmark_artifacts(variants: dict[str, dict], artifacts_dir: str | Path, pr
     data, meta = load_prepared(prepared_dir)
     rows = data["test"]["input_ids"]
     loaders = {name: _artifact_loader(name, raw, Path(artifacts_dir) / name, device) for name, raw in variants.items()}
-    pad_id = _artifact_config(Path(artifacts_dir), variants).get("pad_token_id") or 0
-    batches = {bs: pad_batch(cycled_rows(rows, bs), pad_id, length=meta["max_length"]) for bs in params.batch_sizes}
+    config = _artifact_config(Path(artifacts_dir), variants)
+    pad_id = meta.get("pad_token_id", config.get("pad_token_id")) or 0
+    types = data["test"]["token_type_ids"] if "token_type_ids" in data["test"].column_names and config.get("type_vocab_size") else None
+    batches = {bs: pad_batch(cycled_rows(rows, bs), pad_id, meta["max_length"], cycled_rows(types, bs) if types else None)
+               for bs in params.batch_sizes}
     protocol = Protocol(params.rounds, params.warmup, params.iters, params.seed)
     return run_interleaved(loaders, batches, protocol, device, anchor=anchor, describe=_describe)
 
@@ -320,15 +323,25 @@ def _describe(name: str, model: torch.nn.Module, meta: dict) -> dict:
             "device": str(model_device(model))}
 
 
-def build_from_config(config_dir: str, overrides: dict[str, int], out_dir) -> dict:
-    """Save a GPT-2 classifier with fresh weights built from `config_dir` (+ overrides) as a model folder."""
-    from transformers import AutoConfig, GPT2ForSequenceClassification
+def build_from_config(config_dir: str, overrides: dict, out_dir) -> dict:
+    """Save a classifier of whatever architecture `config_dir`'s config names (+ overrides), fresh weights, as a
+    model folder (4 labels; pad = the config's pad, else its EOS, else 0)."""
+    from transformers import AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(config_dir, num_labels=4, pad_token_id=50256, **overrides)
+    from .config import ModelParams
+    from .modeling import load_config
+    from .structure import of
+
+    config = load_config(ModelParams(base=str(config_dir), init="scratch", overrides=dict(overrides)))
+    config.num_labels = 4
+    if config.pad_token_id is None:
+        eos = getattr(config, "eos_token_id", None)
+        config.pad_token_id = (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
     torch.manual_seed(0)
-    model = GPT2ForSequenceClassification(config)
+    model = AutoModelForSequenceClassification.from_config(config)
     model.save_pretrained(str(out_dir))
-    return {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head, "n_parameters": model.num_parameters()}
+    return {"model_type": config.model_type, "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
+            "projections": len(of(model).projections), "n_parameters": model.num_parameters()}
 
 
 def run_bench(

@@ -47,9 +47,9 @@ def _bench(args: argparse.Namespace) -> None:
     overrides = {}
     for item in args.override:
         key, _, value = item.partition("=")
-        if not value.isdigit():
-            raise PtqflowError(f"--override {item!r}: expected KEY=INTEGER, e.g. n_layer=12")
-        overrides[key] = int(value)
+        if not key or not value:
+            raise PtqflowError(f"--override {item!r}: expected KEY=VALUE, e.g. num_hidden_layers=12")
+        overrides[key] = int(value) if value.lstrip("-").isdigit() else (float(value) if _is_float(value) else value)
     if args.from_config and not (Path(args.from_config) / "config.json").is_file():
         raise PtqflowError(f"--from-config {args.from_config}: no config.json there (e.g. models/base/gpt2 after `ptqflow assets`)")
     if not args.from_config and not Path(args.artifacts).is_dir():
@@ -79,6 +79,14 @@ def _bench(args: argparse.Namespace) -> None:
     write_json(f"{args.out}.json", bench)
     write_text(f"{args.out}.md", bench_markdown(bench))
     print(bench_markdown(bench))
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -129,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
     p.add_argument("--artifacts", default="models/quantized", help="pipeline artifacts, one folder per variant")
     p.add_argument("--from-config", default=None, metavar="DIR",
-                   help="instead of artifacts: a GPT-2 built from this config folder with fresh weights (e.g. models/base/gpt2)")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=N", help="config override with --from-config")
+                   help="instead of artifacts: the architecture this folder's config.json names, fresh weights (e.g. models/base/gpt2)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of that config (its own names, e.g. num_hidden_layers=12), with --from-config")
     p.add_argument("--out", default="benchmarks/bench", help="output path without extension (.json and .md)")
     p.set_defaults(func=_bench)
     p = sub.add_parser("table", help="print the comparison table (one row per variant) from metrics/comparison.json")

@@ -30,10 +30,13 @@ class DataParams:
     max_test_samples: int | None = None  # stratified cap on test rows; None = the whole test split
     max_length: int = 128  # tokens per example after truncation
     seed: int = 42
+    text_pair: str | None = None  # a second text column (sentence pairs): the tokenizer's second segment
 
     def __post_init__(self) -> None:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
         _check(self.max_length >= 8, "data.max_length", "an integer >= 8", self.max_length)
+        _check(self.text_pair is None or (self.text_pair.strip() != "" and self.text_pair not in ("text", "label")),
+               "data.text_pair", "a column name other than text and label, or null", self.text_pair)
         for key in ("max_train_samples", "max_test_samples"):
             v = getattr(self, key)
             _check(v is None or v > 0, f"data.{key}", "a positive integer or null", v)
@@ -44,13 +47,11 @@ class ModelParams:
     base: str = "models/base/gpt2"  # tokenizer + architecture config folder (written by `ptqflow assets`)
     init: Literal["scratch", "pretrained"] = "scratch"
     pretrained: str = "gpt2"  # Hub id or local folder with weights, used when init = pretrained
-    overrides: dict[str, int] = field(default_factory=dict)  # config fields for init = scratch
+    overrides: dict[str, Any] = field(default_factory=dict)  # the architecture's own config fields, init = scratch
 
     def __post_init__(self) -> None:
-        allowed = {"n_layer", "n_embd", "n_head", "n_positions", "n_inner"}
-        for key, value in self.overrides.items():
-            _check(key in allowed, f"model.overrides.{key}", f"one of {sorted(allowed)}", key)
-            _check(isinstance(value, int) and value > 0, f"model.overrides.{key}", "a positive integer", value)
+        for key, value in self.overrides.items():  # the fields themselves are checked against the config (modeling.py)
+            _check(isinstance(value, (int, float, str, bool)), f"model.overrides.{key}", "a number, string or true/false", value)
 
 
 @dataclass

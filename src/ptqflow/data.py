@@ -36,8 +36,8 @@ def find_split_file(folder: Path, split: str) -> Path:
     return found[0]
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """One split file as a frame with columns text, label (label still raw: int or string)."""
+def read_table(path: Path, text_pair: str | None = None) -> pd.DataFrame:
+    """One split file as a frame with columns text, [text_pair,] label (label still raw: int or string)."""
     try:
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
@@ -53,10 +53,12 @@ def read_table(path: Path) -> pd.DataFrame:
         raise PtqflowError(f"{path}: cannot be parsed: {str(exc).splitlines()[0]}") from None
     if df.empty:
         raise PtqflowError(f"{path}: no data rows")
-    missing = [c for c in ("text", "label") if c not in df.columns]
+    wanted = ["text", *([text_pair] if text_pair else []), "label"]
+    missing = [c for c in wanted if c not in df.columns]
     if missing:
-        raise PtqflowError(f"{path}: no {' or '.join(repr(c) for c in missing)} column (columns: {', '.join(map(str, df.columns))})")
-    return df[["text", "label"]]
+        what = " (data.text_pair)" if text_pair in missing else ""
+        raise PtqflowError(f"{path}: no {' or '.join(repr(c) for c in missing)} column{what} (columns: {', '.join(map(str, df.columns))})")
+    return df[wanted]
 
 
 def _looks_like_jsonl(path: Path) -> bool:
@@ -109,8 +111,8 @@ def encode_labels(df: pd.DataFrame, classes: list[str] | None, where: str) -> tu
     return strings.map(index).astype(int), names
 
 
-def load_source(source: str) -> tuple[dict[str, pd.DataFrame], list[str], str]:
-    """Train and test frames (text, label as int id), class names, and a content hash of the inputs."""
+def load_source(source: str, text_pair: str | None = None) -> tuple[dict[str, pd.DataFrame], list[str], str]:
+    """Train and test frames (text, [text_pair,] label as int id), class names, and a content hash of the inputs."""
     folder = Path(source)
     if folder.is_dir():
         classes = read_classes(folder)
@@ -118,7 +120,7 @@ def load_source(source: str) -> tuple[dict[str, pd.DataFrame], list[str], str]:
         for split in SPLITS:
             path = find_split_file(folder, split)
             digest.update(path.read_bytes())
-            frames[split] = read_table(path)
+            frames[split] = read_table(path, text_pair)
         if classes is None:  # one shared mapping for string labels: the sorted union of both splits
             if not all(pd.api.types.is_numeric_dtype(f["label"]) for f in frames.values()):
                 classes = sorted(set().union(*(set(f["label"].astype(str).str.strip()) for f in frames.values())))
@@ -129,11 +131,11 @@ def load_source(source: str) -> tuple[dict[str, pd.DataFrame], list[str], str]:
             frames[split]["label"], _ = encode_labels(frames[split], classes, str(find_split_file(folder, split)))
         return frames, classes, "sha256:" + digest.hexdigest()
     if "/" in source and not source.startswith((".", "/")) and source.count("/") == 1:
-        return _load_hub(source)
+        return _load_hub(source, text_pair)
     raise PtqflowError(f"data.source {source!r}: no such folder (run `ptqflow assets`, or give a Hub dataset id like fancyzhx/ag_news)")
 
 
-def _load_hub(name: str) -> tuple[dict[str, pd.DataFrame], list[str], str]:
+def _load_hub(name: str, text_pair: str | None = None) -> tuple[dict[str, pd.DataFrame], list[str], str]:
     from datasets import load_dataset
 
     from .assets import require_hub
@@ -146,18 +148,27 @@ def _load_hub(name: str) -> tuple[dict[str, pd.DataFrame], list[str], str]:
             f"cannot load dataset {name!r} from the Hugging Face Hub ({type(exc).__name__}); offline, point "
             f"data.source at a local folder (`ptqflow assets` copies AG News to data/raw/ag_news)"
         ) from None
+    wanted = ["text", *([text_pair] if text_pair else []), "label"]
+    for split in SPLITS:
+        missing = [c for c in wanted if c not in ds[split].column_names]
+        if missing:
+            raise PtqflowError(f"dataset {name!r} {split}: no {' or '.join(repr(c) for c in missing)} column "
+                               f"(columns: {', '.join(ds[split].column_names)})")
     classes = list(ds["train"].features["label"].names)
-    frames = {s: ds[s].to_pandas()[["text", "label"]] for s in SPLITS}
+    frames = {s: ds[s].to_pandas()[wanted] for s in SPLITS}
     return frames, classes, "hub:" + name + ":" + ds["train"]._fingerprint + ds["test"]._fingerprint
 
 
 # --------------------------------------------------------------------------------------- preparation
 def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Drop rows with missing or blank text; returns the frame, rows dropped, duplicate rows (kept)."""
-    text = df["text"]
-    keep = text.notna() & text.astype(str).str.strip().ne("")
+    """Drop rows with missing or blank text (or second segment); returns the frame, rows dropped, duplicate rows (kept)."""
+    texts = [c for c in df.columns if c != "label"]
+    keep = pd.Series(True, index=df.index)
+    for col in texts:
+        keep &= df[col].notna() & df[col].astype(str).str.strip().ne("")
     out = df[keep].reset_index(drop=True)
-    out["text"] = out["text"].astype(str)
+    for col in texts:
+        out[col] = out[col].astype(str)
     return out, int((~keep).sum()), int(out.duplicated().sum())
 
 
@@ -196,16 +207,21 @@ def split_frames(frames: dict[str, pd.DataFrame], params: DataParams) -> tuple[d
     return {"train": tr.reset_index(drop=True), "validation": val.reset_index(drop=True), "test": test}, counts
 
 
-def tokenize(splits: dict[str, pd.DataFrame], tokenizer, max_length: int) -> DatasetDict:
-    """Tokenize (truncate to max_length, no padding: the collator pads each batch)."""
+def tokenize(splits: dict[str, pd.DataFrame], tokenizer, max_length: int, text_pair: str | None = None) -> DatasetDict:
+    """Tokenize (truncate to max_length, no padding: the collator pads each batch). With `text_pair`, that
+    column is the tokenizer's second segment (truncated longest-first) and its token_type_ids are kept."""
 
     def encode(batch):
+        if text_pair:
+            enc = tokenizer(batch["text"], batch[text_pair], truncation=True, max_length=max_length, return_token_type_ids=True)
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_type_ids": enc["token_type_ids"]}
         enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    columns = ["text", *([text_pair] if text_pair else []), "label"]
     out = DatasetDict()
     for name, df in splits.items():
-        ds = Dataset.from_pandas(df[["text", "label"]].rename(columns={"label": "labels"}), preserve_index=False)
+        ds = Dataset.from_pandas(df[columns].rename(columns={"label": "labels"}), preserve_index=False)
         out[name] = ds.map(encode, batched=True, desc=f"tokenize {name}")
     return out
 
@@ -222,16 +238,18 @@ def prepare(params: DataParams, tokenizer, out_dir: str | Path) -> dict:
     """Read `params.source`, split and tokenize it into `out_dir` (atomically); returns the details for reports/data.json."""
     from .io import atomic_dir, write_json
 
-    frames, classes, content_hash = load_source(params.source)
+    frames, classes, content_hash = load_source(params.source, params.text_pair)
     splits, counts = split_frames(frames, params)
-    encoded = tokenize(splits, tokenizer, params.max_length)
+    encoded = tokenize(splits, tokenizer, params.max_length, params.text_pair)
     truncated = {n: int(sum(len(x) >= params.max_length for x in ds["input_ids"])) for n, ds in encoded.items()}
-    meta = {"classes": classes, "max_length": params.max_length, "source": params.source, "content_hash": content_hash}
+    meta = {"classes": classes, "max_length": params.max_length, "source": params.source, "content_hash": content_hash,
+            "text_pair": params.text_pair, "pad_token_id": tokenizer.pad_token_id}
     with atomic_dir(out_dir) as tmp:
         encoded.save_to_disk(str(tmp))
         write_json(tmp / "meta.json", meta)
     return {
         "source": params.source,
+        "text_pair": params.text_pair,
         "content_hash": content_hash,
         "classes": classes,
         "splits": class_counts(splits, classes),

@@ -26,18 +26,20 @@ from .quantize import VariantSkipped, load_variant
 from .quantize.registry import run_options
 from .quantize.common import weights_bytes
 from .sizes import memory_footprint, model_device, size_record
+from .structure import uses_token_types
 
 
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module, input_ids: list[list[int]], batch_size: int, pad_id: int, desc: str = "predict",
-    length: int | None = None,
+    length: int | None = None, token_types: list[list[int]] | None = None,
 ) -> np.ndarray:
     """Arg-max class of each example, in order; batches padded to `length` (default: their longest row)."""
     device = model_device(model)
     preds = []
     for start in tqdm(range(0, len(input_ids), batch_size), desc=desc, unit="batch"):
-        batch = pad_batch(input_ids[start : start + batch_size], pad_id, length)
+        types = token_types[start : start + batch_size] if token_types is not None else None
+        batch = pad_batch(input_ids[start : start + batch_size], pad_id, length, types)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         preds.append(logits.argmax(-1).cpu().numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=int)
@@ -87,7 +89,9 @@ def evaluate_variant(
     start = time.perf_counter()
     # compiled variants get fixed-length batches: one shape to compile (and one CUDA graph) instead of many
     length = meta["max_length"] if compiled != "none" else None
-    y_pred = predict(model, test["input_ids"], params.batch_size, pad_id, desc=f"evaluate@{variant}", length=length)
+    types = test["token_type_ids"] if "token_type_ids" in test.column_names and uses_token_types(model.config) else None
+    y_pred = predict(model, test["input_ids"], params.batch_size, pad_id, desc=f"evaluate@{variant}", length=length,
+                     token_types=types)
     predict_s = time.perf_counter() - start
     y_true = np.asarray(test["labels"])
 

@@ -24,7 +24,8 @@ from .data import load_prepared
 from .errors import PtqflowError
 from .io import atomic_dir
 from .machine import device_name
-from .modeling import build_model, configure_padding, load_tokenizer, max_positions, pick_device
+from .modeling import build_model, checked_tokenizer, configure_padding, pick_device
+from .structure import uses_token_types
 
 
 def _accuracy(eval_pred) -> dict:
@@ -41,22 +42,21 @@ def finetune(
     """
     set_seed(train_params.seed)
     data, meta = load_prepared(prepared_dir)
-    if meta["max_length"] > max_positions(model_params):
-        raise PtqflowError(
-            f"params.yaml: data.max_length {meta['max_length']} exceeds the model's {max_positions(model_params)} positions"
-        )
     work_dir = Path(work_dir) / run_fingerprint(model_params, train_params, meta)
-    tokenizer = load_tokenizer(model_params.base)
+    tokenizer = checked_tokenizer(model_params, meta["max_length"])
     model = build_model(model_params, meta["classes"], tokenizer.pad_token_id)
     configure_padding(tokenizer, model)
     device = pick_device(train_params.device)
+    text_columns = [c for c in ("text", meta.get("text_pair")) if c]
+    if "token_type_ids" in data["train"].column_names and not uses_token_types(model.config):
+        text_columns.append("token_type_ids")  # segments only for architectures that embed them
 
     args = _training_args(train_params, work_dir, device)
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=data["train"].remove_columns("text"),
-        eval_dataset=data["validation"].remove_columns("text"),
+        train_dataset=data["train"].remove_columns(text_columns),
+        eval_dataset=data["validation"].remove_columns(text_columns),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         compute_metrics=_accuracy,
     )

@@ -1,9 +1,9 @@
-"""`torchao`: torchao's weight quantization configs applied to GPT-2's projections (torchao 0.18).
+"""`torchao`: torchao's weight quantization configs applied to the body's projections (torchao 0.18).
 
-torchao's `quantize_` swaps the weights of `nn.Linear` modules for quantized tensor subclasses; GPT-2's
-projections are transformers `Conv1D` (y = x W + b with W stored [in, out]), so they are first converted
-to `nn.Linear` (weight W^T), exactly, and then the 4 x n_layer projections are quantized (counted and
-asserted); embeddings, layer norms and the head `score` stay in `dtype`.
+torchao's `quantize_` swaps the weights of `nn.Linear` modules for quantized tensor subclasses. The body's
+projections come from structure.py; GPT-2's are transformers `Conv1D` (y = x W + b with W stored [in, out]),
+converted first to `nn.Linear` (weight W^T), exactly. Every projection is quantized (counted and asserted);
+embeddings, norms and the classification head stay in `dtype`.
 
 - `int8_weight_only`: W^T in int8 with one absmax scale per output channel; activations stay in `dtype`.
 - `int4_weight_only`: W^T in 4 bits (asymmetric, `group_size` input features per scale and zero point),
@@ -26,14 +26,13 @@ from typing import Literal
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, GPT2ForSequenceClassification
 
+from .. import structure
 from ..errors import PtqflowError
-from .common import DTYPES, conv1d_names, conv1d_to_linear, load_finetuned, read_weights, runtime_device
+from .common import DTYPES, load_finetuned, read_weights, runtime_device, skeleton
 from .registry import Scheme
 
 WEIGHTS_FILE = "model.torchao.safetensors"
-KEEP = ("score",)
 
 
 @dataclass
@@ -82,11 +81,13 @@ def quantize(src_dir: Path, out_dir: Path, options: TorchaoOptions) -> dict:
     device = runtime_device()
     model = load_finetuned(src_dir)
     n_parameters = model.num_parameters()
-    names = conv1d_to_linear(model)
+    converted = structure.conv1d_to_linear(model)
+    found = structure.of(model)
+    names = set(found.projections)
     model = model.to(device=device, dtype=DTYPES[options.dtype])
     quantize_(model, ao_config(options), filter_fn=lambda m, fqn: fqn in names)
     quantized = count_quantized(model)
-    if quantized != len(names) or quantized != 4 * model.config.n_layer:
+    if quantized != len(names):
         raise PtqflowError(f"torchao quantized {quantized} of {len(names)} projections")
     state = {k: v.detach() for k, v in model.state_dict().items()}
     tensors, metadata = flatten_tensor_state_dict(state)
@@ -95,7 +96,8 @@ def quantize(src_dir: Path, out_dir: Path, options: TorchaoOptions) -> dict:
     return {
         "runtime_dtype": f"torchao {options.config} on {quantized} projections; {options.dtype} activations",
         "quantized_modules": quantized,
-        "conv1d_projections": len(names),
+        "conv1d_projections": len(converted),
+        "kept_full_precision": list(found.head),
         "quantized_on": device.type,
         "n_parameters": n_parameters,
     }
@@ -119,8 +121,9 @@ def load(artifact_dir: Path, options: TorchaoOptions, device: torch.device) -> t
             raise ValueError(f"unexpected tensors {sorted(leftover)[:3]}")
     except (ValueError, KeyError, json.JSONDecodeError) as exc:
         raise PtqflowError(f"{path}: not a torchao state ({str(exc).splitlines()[0]})") from None
-    model = GPT2ForSequenceClassification(AutoConfig.from_pretrained(str(artifact_dir)))
-    conv1d_to_linear(model)
+    model = skeleton(artifact_dir)
+    structure.conv1d_to_linear(model)
+    expected = len(structure.of(model).projections)
     model = model.to(dtype=DTYPES[options.dtype])
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -128,8 +131,7 @@ def load(artifact_dir: Path, options: TorchaoOptions, device: torch.device) -> t
         raise PtqflowError(f"{path}: does not match the model config ({str(exc).splitlines()[0]})") from None
     model = model.to(device)
     quantized = count_quantized(model)
-    if quantized != 4 * model.config.n_layer or conv1d_names(model):
-        raise PtqflowError(f"{path}: expected {4 * model.config.n_layer} torchao projections, found {quantized}")
+    structure.expect(quantized, expected, "torchao projections", str(path))
     model.ptqflow_runtime = {"kernel": f"torchao {options.config}", "quantized_layers": quantized}
     return model
 

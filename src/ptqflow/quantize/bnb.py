@@ -1,9 +1,10 @@
 """`bnb_int8` (LLM.int8) and `bnb_nf4` (4-bit NormalFloat, double quantization): bitsandbytes via transformers.
 
-transformers replaces GPT-2's `Conv1D` projections (4 per block) with bitsandbytes modules when the
-fine-tuned model is loaded with a `BitsAndBytesConfig`; embeddings, layer norms and the classification
-head `score` stay in full precision. `quantize` checks exactly that: every Conv1D became a bitsandbytes
-layer, none is left, `score` is a plain float Linear, and records the counts. The quantized model is
+transformers replaces the body's projections (every nn.Linear, and GPT-2's `Conv1D`) with bitsandbytes
+modules when the fine-tuned model is loaded with a `BitsAndBytesConfig`; the classification head (found by
+structure.py, passed as `llm_int8_skip_modules`), embeddings and norms stay in full precision. `quantize`
+checks exactly that: every projection structure.py lists became a bitsandbytes layer, none is left, the head
+is plain float, and records the counts. The quantized model is
 saved with `save_pretrained` (safetensors) and loaded from there by `evaluate`.
 
 LLM.int8 (Dettmers et al., 2022): int8 weights with a per-row absmax scale; at run time activation columns
@@ -12,7 +13,7 @@ disables that outlier decomposition). NF4: 4-bit codes of a normal-quantile code
 weights, block absmax constants themselves quantized to 8 bits (double quantization); matrix products
 run in `compute_dtype` after dequantizing each block.
 
-`embeddings: int8 | int4` (embedding.py) also quantizes the token and position tables, which bitsandbytes
+`embeddings: int8 | int4` (embedding.py) also quantizes the embedding tables, which bitsandbytes
 leaves in full precision: their quantized codes and scales are saved in the bitsandbytes
 checkpoint in place of the float tables and attached as quantized lookups at load.
 """
@@ -27,16 +28,15 @@ from typing import Literal
 
 import torch
 from safetensors import safe_open
-from transformers import BitsAndBytesConfig, GPT2ForSequenceClassification
+from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
 from transformers.utils import logging as hf_logging
-from transformers.pytorch_utils import Conv1D
 
+from .. import structure
 from ..errors import PtqflowError
-from .common import DTYPES, count_conv1d, load_finetuned, runtime_device
-from .embedding import EMBEDDING_MODULES, EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, quantize_embeddings
+from .common import DTYPES, load_finetuned, runtime_device
+from .embedding import EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, embedding_names, quantize_embeddings
 from .registry import Scheme
 
-KEEP_FULL_PRECISION = ["score"]  # the classification head
 CPU_4BIT_BLOCK = 64  # input features per block in bitsandbytes' CPU 4-bit packing
 
 
@@ -58,19 +58,17 @@ class Nf4BnbOptions:
     embeddings: EmbeddingMode = "keep"
 
 
-def int8_config(options: Int8BnbOptions) -> BitsAndBytesConfig:
-    return BitsAndBytesConfig(
-        load_in_8bit=True, llm_int8_threshold=options.llm_int8_threshold, llm_int8_skip_modules=KEEP_FULL_PRECISION
-    )
+def int8_config(options: Int8BnbOptions, head: list[str]) -> BitsAndBytesConfig:
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=options.llm_int8_threshold, llm_int8_skip_modules=head)
 
 
-def nf4_config(options: Nf4BnbOptions) -> BitsAndBytesConfig:
+def nf4_config(options: Nf4BnbOptions, head: list[str]) -> BitsAndBytesConfig:
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=options.quant_type,
         bnb_4bit_use_double_quant=options.double_quant,
         bnb_4bit_compute_dtype=DTYPES[options.compute_dtype],
-        llm_int8_skip_modules=KEEP_FULL_PRECISION,
+        llm_int8_skip_modules=head,
     )
 
 
@@ -80,15 +78,19 @@ def bnb_module_types() -> tuple[type, ...]:
     return (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
 
 
-def check_replaced(model: torch.nn.Module, expected: int) -> int:
-    """Assert every Conv1D projection became a bitsandbytes layer and the head stayed full precision."""
-    replaced = sum(isinstance(m, bnb_module_types()) for m in model.modules())
-    left = count_conv1d(model)
-    head = model.score
+def check_replaced(model: torch.nn.Module, expected: int, where: str = "") -> int:
+    """Assert every body projection became a bitsandbytes layer and the head stayed full precision."""
+    found = structure.of(model)
+    kinds = bnb_module_types()
+    replaced = sum(isinstance(model.get_submodule(n), kinds) for n in found.projections)
+    left = len(found.projections) - replaced
     if replaced != expected or left:
-        raise PtqflowError(f"bitsandbytes replaced {replaced} of {expected} Conv1D projections ({left} left unquantized)")
-    if isinstance(head, bnb_module_types()) or not head.weight.is_floating_point():
-        raise PtqflowError("the classification head `score` was quantized; it must stay in full precision")
+        raise PtqflowError(f"{where + ': ' if where else ''}bitsandbytes replaced {replaced} of {expected} projections "
+                           f"({left} left unquantized)")
+    for name in found.head:
+        head = model.get_submodule(name)
+        if isinstance(head, kinds) or not head.weight.is_floating_point():
+            raise PtqflowError(f"the classification head `{name}` was quantized; it must stay in full precision")
     return replaced
 
 
@@ -96,31 +98,35 @@ def check_cpu_4bit_shapes(model: torch.nn.Module, device: torch.device) -> None:
     """bitsandbytes' CPU 4-bit kernel packs weights in blocks of 64 input features: refuse other widths up front."""
     if device.type != "cpu":
         return
-    bad = sorted({m.weight.shape[0] for m in model.modules() if isinstance(m, Conv1D) and m.weight.shape[0] % CPU_4BIT_BLOCK})
+    widths = {structure.in_out_features(model.get_submodule(n))[0] for n in structure.of(model).projections}
+    bad = sorted(w for w in widths if w % CPU_4BIT_BLOCK)
     if bad:
         raise PtqflowError(
             f"4-bit bitsandbytes on CPU needs every projection's input width to be a multiple of {CPU_4BIT_BLOCK} "
-            f"(got {bad}); use n_embd a multiple of 64, or run on CUDA"
+            f"(got {bad}); use a hidden size (and intermediate size) that is a multiple of 64, or run on CUDA"
         )
 
 
-def _quantize_with(config: BitsAndBytesConfig, embeddings: EmbeddingMode, src_dir: Path, out_dir: Path) -> dict:
+def _quantize_with(make_config, embeddings: EmbeddingMode, src_dir: Path, out_dir: Path) -> dict:
     fp_model = load_finetuned(src_dir)
-    expected = count_conv1d(fp_model)
+    found = structure.of(fp_model)
+    expected = len(found.projections)
     device = runtime_device()
+    config = make_config(list(found.head))
     if config.load_in_4bit:
         check_cpu_4bit_shapes(fp_model, device)
-    model = GPT2ForSequenceClassification.from_pretrained(str(src_dir), quantization_config=config, device_map=device.type)
+    model = AutoModelForSequenceClassification.from_pretrained(str(src_dir), quantization_config=config, device_map=device.type)
     replaced = check_replaced(model, expected)
     n_parameters = model.num_parameters()
-    emb = quantize_embeddings(model, embeddings, model.transformer.ln_f.weight.dtype)
-    model.save_pretrained(str(out_dir))  # the quantized embeddings' buffers (codes, scale) replace wte/wpe.weight
-    if emb and set(emb) - set(_stored_embeddings(out_dir, torch.device("cpu"))):
+    tables = embedding_names(model)
+    emb = quantize_embeddings(model, embeddings, _float_dtype(model))
+    model.save_pretrained(str(out_dir))  # the quantized embeddings' buffers (codes, scale) replace the tables' weights
+    if emb and set(emb) - set(_stored_embeddings(out_dir, torch.device("cpu"), tables)):
         raise PtqflowError(f"{out_dir}: save_pretrained did not store the quantized embeddings")
-    kept = ["layer norms", *KEEP_FULL_PRECISION] + ([] if emb else list(EMBEDDING_MODULES))
+    kept = ["norms", *found.head] + ([] if emb else tables)
     return {
         "quantized_modules": replaced,
-        "conv1d_projections": expected,
+        "conv1d_projections": len(found.conv1d),
         "quantized_embeddings": len(emb) // 2,
         "kept_full_precision": kept,
         "quantized_on": device.type,
@@ -128,25 +134,32 @@ def _quantize_with(config: BitsAndBytesConfig, embeddings: EmbeddingMode, src_di
     }
 
 
+def _float_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype bitsandbytes left the float parts of the model in (the input embedding's)."""
+    return model.get_input_embeddings().weight.dtype
+
+
 def load_quantized(artifact_dir: Path, embeddings: EmbeddingMode, device: torch.device) -> torch.nn.Module:
     quiet = _quiet_transformers() if embeddings != "keep" else contextlib.nullcontext()
     with quiet:  # the embeddings are not in the bitsandbytes checkpoint: transformers would warn they are "newly initialized"
-        model = GPT2ForSequenceClassification.from_pretrained(str(artifact_dir), device_map=device.type)
+        model = AutoModelForSequenceClassification.from_pretrained(str(artifact_dir), device_map=device.type)
     if embeddings != "keep":
-        attach_embeddings(model, embeddings, _stored_embeddings(artifact_dir, device), model.transformer.ln_f.weight.dtype)
-        if count_quantized_embeddings(model) != len(EMBEDDING_MODULES):
+        tables = embedding_names(model)
+        dtype = _float_dtype(model)
+        attach_embeddings(model, embeddings, _stored_embeddings(artifact_dir, device, tables), dtype)
+        if count_quantized_embeddings(model) != len(tables):
             raise PtqflowError(f"{artifact_dir}: the quantized embeddings were not attached")
-    expected = 4 * model.config.n_layer
-    check_replaced(model, expected)
+    check_replaced(model, len(structure.of(model).projections), str(artifact_dir))
     return model
 
 
-def _stored_embeddings(artifact_dir: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    """The quantized-embedding tensors (wte/wpe codes and scales) stored in the artifact's weight files."""
+def _stored_embeddings(artifact_dir: Path, device: torch.device, tables: list[str]) -> dict[str, torch.Tensor]:
+    """The quantized-embedding tensors (codes and scales of `tables`) stored in the artifact's weight files."""
+    keys = {f"{t}.{part}" for t in tables for part in ("codes", "scale")}
     tensors: dict[str, torch.Tensor] = {}
     for path in artifact_dir.glob("*.safetensors"):
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(EMBEDDING_MODULES)})
+            tensors.update({k: f.get_tensor(k) for k in f.keys() if k in keys})
     return tensors
 
 
@@ -161,13 +174,13 @@ def _quiet_transformers():
 
 
 def quantize_int8(src_dir: Path, out_dir: Path, options: Int8BnbOptions) -> dict:
-    info = _quantize_with(int8_config(options), options.embeddings, src_dir, out_dir)
+    info = _quantize_with(lambda head: int8_config(options, head), options.embeddings, src_dir, out_dir)
     rt = "int8 weights; LLM.int8 matmul on float16-cast activations, outlier columns in float16"
     return {"runtime_dtype": f"{rt}; {describe(options.embeddings)}", **info}
 
 
 def quantize_nf4(src_dir: Path, out_dir: Path, options: Nf4BnbOptions) -> dict:
-    info = _quantize_with(nf4_config(options), options.embeddings, src_dir, out_dir)
+    info = _quantize_with(lambda head: nf4_config(options, head), options.embeddings, src_dir, out_dir)
     return {"runtime_dtype": f"{options.quant_type} weights, {options.compute_dtype} compute; {describe(options.embeddings)}", **info}
 
 
@@ -177,5 +190,5 @@ def load(artifact_dir: Path, options, device: torch.device) -> torch.nn.Module:
     return load_quantized(artifact_dir, options.embeddings, device)
 
 
-INT8 = Scheme("bnb_int8", Int8BnbOptions, quantize_int8, load, "bitsandbytes LLM.int8 on the Conv1D projections")
+INT8 = Scheme("bnb_int8", Int8BnbOptions, quantize_int8, load, "bitsandbytes LLM.int8 on the body's projections")
 NF4 = Scheme("bnb_nf4", Nf4BnbOptions, quantize_nf4, load, "bitsandbytes 4-bit NF4 with double quantization")

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import GPT2ForSequenceClassification
-
-from .common import DTYPES, load_finetuned
+from .common import DTYPES, from_artifact, load_finetuned
 from .registry import Scheme
 
 
@@ -30,7 +28,7 @@ def quantize(src_dir: Path, out_dir: Path, options: CastOptions) -> dict:
 
 
 def load(artifact_dir: Path, options: CastOptions, device: torch.device) -> torch.nn.Module:
-    return GPT2ForSequenceClassification.from_pretrained(str(artifact_dir), dtype=DTYPES[options.dtype]).to(device)
+    return from_artifact(artifact_dir, DTYPES[options.dtype], device)
 
 
 SCHEME = Scheme("cast", CastOptions, quantize, load, "the FP32 model cast to float16 / bfloat16 (half-precision baselines)")

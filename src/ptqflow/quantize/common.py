@@ -1,12 +1,12 @@
-"""What the schemes share: loading the fine-tuned model, counting GPT-2's Conv1D projections, sizes."""
+"""What the schemes share: loading the fine-tuned model (any architecture), the per-row int8 formula, sizes.
+Where the projections, embeddings and head are is structure.py's job."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import GPT2ForSequenceClassification
-from transformers.pytorch_utils import Conv1D
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ..errors import PtqflowError
 from ..io import dir_size_bytes
@@ -35,43 +35,25 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise PtqflowError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> GPT2ForSequenceClassification:
+def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The fine-tuned model; a damaged or truncated weights file is reported, never loaded as garbage."""
     try:
-        model = GPT2ForSequenceClassification.from_pretrained(str(src_dir), dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(str(src_dir), dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - safetensors/transformers raise many types for damaged files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PtqflowError(f"{src_dir}: cannot load the fine-tuned model ({type(exc).__name__}: {first})") from None
     return model.to(device).eval()
 
 
-def count_conv1d(model: torch.nn.Module) -> int:
-    """GPT-2's attention and MLP projections are transformers' Conv1D (4 per block: c_attn, c_proj, c_fc, mlp.c_proj)."""
-    return sum(isinstance(m, Conv1D) for m in model.modules())
+def skeleton(artifact_dir: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The artifact's architecture with fresh weights, to load stored tensors into (AutoConfig decides the class)."""
+    config = AutoConfig.from_pretrained(str(artifact_dir))
+    return AutoModelForSequenceClassification.from_config(config, dtype=dtype)
 
 
-def conv1d_names(model: torch.nn.Module) -> list[str]:
-    """Qualified names of the Conv1D projections, in module order."""
-    return [name for name, m in model.named_modules() if isinstance(m, Conv1D)]
-
-
-def conv1d_to_linear(model: torch.nn.Module) -> list[str]:
-    """Replace every Conv1D (y = x W + b, W stored [in, out]) by the equal nn.Linear (weight W^T); returns their names."""
-    names = conv1d_names(model)
-    for name in names:
-        conv = model.get_submodule(name)
-        k, n = conv.weight.shape
-        linear = torch.nn.Linear(k, n, dtype=conv.weight.dtype, device=conv.weight.device)
-        with torch.no_grad():
-            linear.weight.copy_(conv.weight.t())
-            linear.bias.copy_(conv.bias)
-        replace_module(model, name, linear)
-    return names
-
-
-def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
+def from_artifact(artifact_dir: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """A plain Hugging Face artifact (fp32 / cast), in `dtype` on `device`."""
+    return AutoModelForSequenceClassification.from_pretrained(str(artifact_dir), dtype=dtype).to(device)
 
 
 def weights_bytes(artifact_dir: Path) -> int:

@@ -1,9 +1,11 @@
-"""Quantized token and position embeddings, kept quantized in memory: the `embeddings` option of the schemes.
+"""Quantized embedding tables, kept quantized in memory: the `embeddings` option of the schemes.
 
 GPT-2's token embedding (50257 x n_embd) is 31% of GPT-2 small's parameters and 94% of the default small
 model's; bitsandbytes leaves it in full precision, which caps the whole model's compression. With
-`embeddings: int8` or `int4` a scheme stores `transformer.wte` and `transformer.wpe` with this module and
-looks rows up without ever materializing the float table (only the gathered rows are dequantized).
+`embeddings: int8` or `int4` a scheme stores every embedding table of the body that structure.py finds (the
+input table, and the learned position and token-type tables where the architecture has them: GPT-2 `wte`,
+`wpe`; BERT word, position, token type; Llama only `embed_tokens`) with this module and looks rows up
+without ever materializing the float table (only the gathered rows are dequantized).
 
 int8, symmetric per row r of the table E (one scale per token or position):
 
@@ -26,10 +28,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .. import structure
 from .common import absmax_int8_rows
 
 GROUP = 32  # int4: values per scale
-EMBEDDING_MODULES = ("transformer.wte", "transformer.wpe")
 EmbeddingMode = Literal["keep", "int8", "int4"]
 
 
@@ -61,6 +63,8 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 class QuantizedEmbedding(nn.Module):
     """An `nn.Embedding` lookup over an int8 (per row) or int4 (per group) table; rows dequantized on lookup."""
+
+    ptqflow_embedding = True  # structure.py counts it as an embedding table
 
     def __init__(self, mode: Literal["int8", "int4"], codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
         super().__init__()
@@ -94,16 +98,24 @@ class QuantizedEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode}, dtype={self.dtype}"
 
 
+def embedding_names(model: nn.Module) -> list[str]:
+    """The body's embedding tables (structure.py), in module order."""
+    return list(structure.of(model).embeddings)
+
+
 def quantize_embeddings(model: nn.Module, mode: EmbeddingMode, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Replace wte and wpe of `model` by QuantizedEmbedding (mode int8 / int4); returns their stored tensors."""
+    """Replace every embedding table of `model` by QuantizedEmbedding (mode int8 / int4); returns their stored tensors."""
     out: dict[str, torch.Tensor] = {}
     if mode == "keep":
         return out
-    for name in EMBEDDING_MODULES:
-        parent, attr = name.rsplit(".", 1)
-        owner = model.get_submodule(parent)
-        q = QuantizedEmbedding.from_float(getattr(owner, attr).weight, mode, dtype)
-        setattr(owner, attr, q)
+    for name in embedding_names(model):
+        table = model.get_submodule(name).weight
+        if mode == "int4" and table.shape[1] % GROUP:
+            from ..errors import PtqflowError
+
+            raise PtqflowError(f"embeddings: int4 needs embedding widths that are a multiple of {GROUP}; {name} is {table.shape[1]} wide")
+        q = QuantizedEmbedding.from_float(table, mode, dtype)
+        structure.replace_module(model, name, q)
         out[f"{name}.codes"], out[f"{name}.scale"] = q.codes.contiguous(), q.scale.contiguous()
     return out
 
@@ -112,16 +124,17 @@ def attach_embeddings(model: nn.Module, mode: EmbeddingMode, tensors: dict[str, 
     """Put the stored quantized embeddings (from `quantize_embeddings`) into `model`; returns how many."""
     if mode == "keep":
         return 0
-    for name in EMBEDDING_MODULES:
-        parent, attr = name.rsplit(".", 1)
-        setattr(model.get_submodule(parent), attr, QuantizedEmbedding(mode, tensors[f"{name}.codes"], tensors[f"{name}.scale"], dtype))
-    return len(EMBEDDING_MODULES)
+    names = embedding_names(model)
+    for name in names:
+        structure.replace_module(model, name, QuantizedEmbedding(mode, tensors[f"{name}.codes"], tensors[f"{name}.scale"], dtype))
+    return len(names)
 
 
 def split_embedding_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(the quantized-embedding tensors written by `quantize_embeddings`, everything else)."""
-    keys = {f"{m}.{t}" for m in EMBEDDING_MODULES for t in ("codes", "scale")}
-    return {k: v for k, v in tensors.items() if k in keys}, {k: v for k, v in tensors.items() if k not in keys}
+    def stored(key: str) -> bool:
+        return key.endswith((".codes", ".scale")) and "::" not in key
+    return {k: v for k, v in tensors.items() if stored(k)}, {k: v for k, v in tensors.items() if not stored(k)}
 
 
 def count_quantized_embeddings(model: nn.Module) -> int:

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GPT2ForSequenceClassification
-
-from .common import load_finetuned
+from .common import from_artifact, load_finetuned
 from .registry import Scheme
 
 
@@ -24,7 +22,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Fp32Options) -> dict:
 
 
 def load(artifact_dir: Path, options: Fp32Options, device: torch.device) -> torch.nn.Module:
-    return GPT2ForSequenceClassification.from_pretrained(str(artifact_dir), dtype=torch.float32).to(device)
+    return from_artifact(artifact_dir, torch.float32, device)
 
 
 SCHEME = Scheme("fp32", Fp32Options, quantize, load, "full precision (the fine-tuned model as is)")

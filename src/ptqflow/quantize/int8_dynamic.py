@@ -1,7 +1,8 @@
 """`int8_dynamic` (W8A8): int8 weights kept in int8 in memory, activations quantized per token at run time,
 int8 x int8 -> int32 matrix products.
 
-Each of GPT-2's Conv1D projections y = x W^T + b (W: [N out, K in]) becomes an `Int8DynamicLinear`:
+Each projection of the model's body (every nn.Linear / GPT-2 Conv1D that structure.py finds; the head stays
+in float) y = x W^T + b (W: [N out, K in]; a missing bias counts as 0) becomes an `Int8DynamicLinear`:
 
     weights, symmetric per output channel j (once, at quantize time):
         s_w[j] = max_k |W[j, k]| / 127,     Wq[j, k] = round(W[j, k] / s_w[j]) in [-127, 127]       (1)
@@ -22,7 +23,7 @@ The int8 product runs in a kernel chosen per device (`kernel: auto`), recorded i
   the weights are the same int8 per-channel codes (1), packed once at load.
 `auto` picks `int_mm` on CUDA and `fbgemm` on CPU (`torch._int_mm` is very slow on CPUs without VNNI).
 Everything else (layer norms, attention, the head) runs in `dtype`; `embeddings` (see embedding.py)
-keeps the token and position tables quantized too.
+keeps the embedding tables quantized too.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from typing import Literal
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoConfig, GPT2ForSequenceClassification
-from transformers.pytorch_utils import Conv1D
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from .. import structure
 
 from ..errors import PtqflowError
-from .common import DTYPES, absmax_int8_rows, conv1d_names, load_finetuned, read_weights, replace_module
+from .common import DTYPES, absmax_int8_rows, load_finetuned, read_weights
 from .embedding import EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, quantize_embeddings
 from .registry import Scheme
 
@@ -73,6 +75,8 @@ def int_mm_fits(k: int, n: int) -> bool:
 
 class Int8DynamicLinear(nn.Module):
     """y = x W^T + b with W held as int8 per-channel codes; the product in int8 (formulas (1)-(3))."""
+
+    ptqflow_projection = True  # structure.py counts it as a body projection
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype):
         super().__init__()
@@ -141,38 +145,43 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8DynamicOptions) -> dict:
     model = load_finetuned(src_dir)
     n_parameters = model.num_parameters()
     dtype = DTYPES[options.dtype]
-    names = conv1d_names(model)
+    found = structure.of(model)
     tensors: dict[str, torch.Tensor] = {}
-    for name in names:
-        conv = model.get_submodule(name)
-        q, s = quantize_weight(conv.weight.t())  # Conv1D stores W^T as [K, N]
+    for name in found.projections:
+        module = model.get_submodule(name)
+        w = structure.weight_out_in(module)  # Conv1D stores W^T
+        q, s = quantize_weight(w)
+        bias = module.bias if module.bias is not None else torch.zeros(w.shape[0])
         tensors[f"{name}.weight_int8"], tensors[f"{name}.weight_scale"] = q.contiguous(), s
-        tensors[f"{name}.bias"] = conv.bias.detach().to(dtype).contiguous()
-        replace_module(model, name, nn.Identity())
-    tensors.update(quantize_embeddings(model, options.embeddings, dtype))
+        tensors[f"{name}.bias"] = bias.detach().to(dtype).contiguous()
+        structure.replace_module(model, name, nn.Identity())
+    embeddings = quantize_embeddings(model, options.embeddings, dtype)
+    tensors.update(embeddings)
     tensors.update({k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items() if k not in tensors})
-    assert len(names) == 4 * model.config.n_layer, f"expected {4 * model.config.n_layer} Conv1D projections, found {len(names)}"
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": FORMAT, "int8_layers": str(len(names))})
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": FORMAT, "int8_layers": str(len(found.projections))})
     shutil.copy(src_dir / "config.json", out_dir / "config.json")
     return {
-        "runtime_dtype": f"int8 weights x int8 activations -> int32 in {len(names)} projections; {options.dtype} elsewhere; "
-        + describe(options.embeddings),
-        "quantized_modules": len(names),
-        "conv1d_projections": len(names),
-        "quantized_embeddings": 0 if options.embeddings == "keep" else 2,
+        "runtime_dtype": f"int8 weights x int8 activations -> int32 in {len(found.projections)} projections; {options.dtype} "
+        "elsewhere; " + describe(options.embeddings),
+        "quantized_modules": len(found.projections),
+        "conv1d_projections": len(found.conv1d),
+        "kept_full_precision": list(found.head),
+        "quantized_embeddings": len(embeddings) // 2,
         "n_parameters": n_parameters,
     }
 
 
-def build_skeleton(config, options: Int8DynamicOptions, tensors: dict[str, torch.Tensor]) -> GPT2ForSequenceClassification:
-    """The model with Int8DynamicLinear / QuantizedEmbedding modules in place, ready for `load_state_dict`."""
+def build_skeleton(config, options: Int8DynamicOptions, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, int]:
+    """The model with Int8DynamicLinear / QuantizedEmbedding modules in place, ready for `load_state_dict`,
+    and how many projections its structure has."""
     dtype = DTYPES[options.dtype]
-    model = GPT2ForSequenceClassification(config).to(dtype)
-    for name in conv1d_names(model):
-        k, n = model.get_submodule(name).weight.shape
-        replace_module(model, name, Int8DynamicLinear(k, n, dtype))
+    model = AutoModelForSequenceClassification.from_config(config).to(dtype)
+    names = structure.of(model).projections
+    for name in names:
+        k, n = structure.in_out_features(model.get_submodule(name))
+        structure.replace_module(model, name, Int8DynamicLinear(k, n, dtype))
     attach_embeddings(model, options.embeddings, tensors, dtype)
-    return model
+    return model, len(names)
 
 
 def load(artifact_dir: Path, options: Int8DynamicOptions, device: torch.device) -> torch.nn.Module:
@@ -181,7 +190,7 @@ def load(artifact_dir: Path, options: Int8DynamicOptions, device: torch.device) 
         torch.backends.quantized.engine = "fbgemm"
     path = artifact_dir / WEIGHTS_FILE
     tensors, _ = read_weights(path)
-    model = build_skeleton(AutoConfig.from_pretrained(str(artifact_dir)), options, tensors)
+    model, expected = build_skeleton(AutoConfig.from_pretrained(str(artifact_dir)), options, tensors)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -189,8 +198,8 @@ def load(artifact_dir: Path, options: Int8DynamicOptions, device: torch.device) 
     model = model.to(device)
     layers = [m for m in model.modules() if isinstance(m, Int8DynamicLinear)]
     used = [layer.set_kernel(kernel) for layer in layers]
-    if len(layers) != 4 * model.config.n_layer or any(isinstance(m, Conv1D) for m in model.modules()):
-        raise PtqflowError(f"{path}: expected {4 * model.config.n_layer} int8 projections, found {len(layers)}")
+    left = [n for n in structure.of(model).projections if not isinstance(model.get_submodule(n), Int8DynamicLinear)]
+    structure.expect(len(layers) - len(left), expected, "int8 projections", str(path))
     model.ptqflow_runtime = {
         "kernel": kernel,
         "int8_layers": used.count(kernel),

@@ -22,8 +22,8 @@ The artifact holds q (int8) plus one float32 scale and one int32 zero point per 
 (about a quarter of the FP32 file). `load` dequantizes once at load time, as the report does: the model
 then runs in float32 (`runtime_dtype`), so it saves disk, not run-time memory or time.
 
-`embeddings: int8 | int4` stores the token and position tables instead per row / per group of 32
-(embedding.py) and keeps them quantized in memory; `keep` (default) treats them like every other tensor.
+`embeddings: int8 | int4` stores the embedding tables (input, and learned position / token type where the
+architecture has them) instead per row / per group of 32 (embedding.py) and keeps them quantized in memory; `keep` (default) treats them like every other tensor.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, GPT2ForSequenceClassification
 
 from ..errors import PtqflowError
-from .common import load_finetuned, read_weights
+from .common import load_finetuned, read_weights, skeleton
 from .embedding import EmbeddingMode, attach_embeddings, describe, quantize_embeddings, split_embedding_tensors
 from .registry import Scheme
 
@@ -117,8 +116,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8ScratchOptions) -> dict:
 def load(artifact_dir: Path, options: Int8ScratchOptions, device: torch.device) -> torch.nn.Module:
     path = artifact_dir / WEIGHTS_FILE
     tensors, _ = read_weights(path)
-    config = AutoConfig.from_pretrained(str(artifact_dir))
-    model = GPT2ForSequenceClassification(config)
+    model = skeleton(artifact_dir)
     embeddings, per_tensor = split_embedding_tensors(tensors)
     attach_embeddings(model, options.embeddings, embeddings, torch.float32)
     missing, unexpected = model.load_state_dict({**dequantize_state(per_tensor), **embeddings}, strict=False)
