@@ -54,7 +54,8 @@ def test_killed_write_never_replaces_the_output(tmp_path):
 
 def _finetune_cmd(params: Path, data: Path, out: Path, ckpt: Path) -> list[str]:
     return [sys.executable, str(ROOT / "stages" / "finetune.py"), "--no-tracking", "--params", str(params),
-            "--data", str(data), "--out", str(out / "model"), "--metrics", str(out / "train.json"), "--checkpoints", str(ckpt)]
+            "--data", str(data), "--out", str(out / "model"), "--metrics", str(out / "train-headline.json"),
+            "--details", str(out / "train.json"), "--checkpoints", str(ckpt)]
 
 
 @pytest.mark.slow
