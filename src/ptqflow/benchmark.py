@@ -258,10 +258,11 @@ def speeds_against(bench: dict, baseline: str, batch_size: int | None = None, re
     for name, rec in records.items():
         if "latency" not in rec:
             continue
-        mine = rounds(rec["latency"])
-        ref = rounds(rec["anchor_latency"]) if "anchor_latency" in rec and baseline == bench["protocol"].get("anchor") else base
-        if "anchor_latency" in rec and baseline != bench["protocol"].get("anchor"):
-            continue  # timed alone beside another variant: no paired rounds with this baseline
+        mine, ref = rounds(rec["latency"]), base
+        if "anchor_latency" in rec:  # timed alone beside the anchor: paired only with the anchor's rounds there
+            if baseline != bench["protocol"].get("anchor"):
+                continue
+            ref = rounds(rec["anchor_latency"])
         if mine is None or ref is None:
             continue
         out[name] = paired_speedup(ref, mine, resamples, seed, equivalence)

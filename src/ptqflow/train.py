@@ -21,7 +21,6 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 
 from .config import ModelParams, TrainParams, to_dict
 from .data import load_prepared
-from .errors import PtqflowError
 from .io import atomic_dir
 from .machine import device_name
 from .modeling import build_model, checked_tokenizer, configure_padding, pick_device
