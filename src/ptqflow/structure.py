@@ -88,8 +88,8 @@ def _role(module: nn.Module, input_table: nn.Module | None, config) -> str:
 
 
 def _is_quantized_projection(module: nn.Module) -> bool:
-    """Modules that replaced a projection (ptqflow's int8 layers, bitsandbytes' Linear8bitLt / Linear4bit)."""
-    return getattr(module, "ptqflow_projection", False) or type(module).__name__ in ("Linear8bitLt", "Linear4bit")
+    """ptqflow's own layers that replaced a projection (bitsandbytes' and torchao's stay nn.Linear subclasses)."""
+    return getattr(module, "ptqflow_projection", False)
 
 
 def _is_quantized_embedding(module: nn.Module) -> bool:
