@@ -247,30 +247,29 @@ def speeds_against(bench: dict, baseline: str, batch_size: int | None = None, re
     records = bench["variants"]
     bs = batch_size or bench["protocol"]["batch_sizes"][0]
 
-    def rounds(lat: list[dict]) -> list[float] | None:
-        hit = [x for x in lat if x["batch_size"] == bs]
-        return hit[0]["round_medians_ms"] if hit else None
+    def rounds(record: dict, key: str = "latency") -> list[float] | None:
+        lat = latency_at(record, bs, key)
+        return lat["round_medians_ms"] if lat else None
 
-    if "latency" not in records.get(baseline, {}):
+    base = rounds(records.get(baseline, {}))
+    if base is None:
         return {}
-    base = rounds(records[baseline]["latency"])
     out = {}
     for name, rec in records.items():
-        if "latency" not in rec:
-            continue
-        mine, ref = rounds(rec["latency"]), base
+        mine, ref = rounds(rec), base
         if "anchor_latency" in rec:  # timed alone beside the anchor: paired only with the anchor's rounds there
             if baseline != bench["protocol"].get("anchor"):
                 continue
-            ref = rounds(rec["anchor_latency"])
+            ref = rounds(rec, "anchor_latency")
         if mine is None or ref is None:
             continue
         out[name] = paired_speedup(ref, mine, resamples, seed, equivalence)
     return out
 
 
-def latency_at(record: dict, batch_size: int) -> dict | None:
-    hit = [x for x in record.get("latency", []) if x["batch_size"] == batch_size]
+def latency_at(record: dict, batch_size: int, key: str = "latency") -> dict | None:
+    """The summary of `record`'s timed passes at `batch_size` (None when it was not timed)."""
+    hit = [x for x in record.get(key, []) if x["batch_size"] == batch_size]
     return hit[0] if hit else None
 
 
@@ -444,7 +443,7 @@ def bench_markdown(bench: dict) -> str:
                 str(r.get("compile", "none")), f"{r['size_on_disk']['MiB']:.2f}" if "size_on_disk" in r else "-",
                 f"{mem / 2**20:.1f}" if mem is not None else "-", str(lat["batch_size"]), f"{lat['median_ms']:.2f}",
                 f"{lat['p95_ms']:.2f}", f"{lat['iqr_ms']:.2f}", str(r["first_call_ms"].get(str(lat["batch_size"]), "-")),
-                _ratio(lat, ""), lat.get("speed_verdict", "-"), _ratio(lat, "_vs_half"),
+                speed_text(lat), lat.get("speed_verdict", "-"), speed_text(lat, "_vs_half"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     for name, r in bench["variants"].items():
@@ -453,8 +452,9 @@ def bench_markdown(bench: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ratio(lat: dict, suffix: str) -> str:
-    if f"speedup{suffix}" not in lat:
+def speed_text(record: dict, suffix: str = "") -> str:
+    """'1.23x [1.10, 1.31]' from a record's `speedup{suffix}` and `speedup{suffix}_ci95`, or '-'."""
+    if record.get(f"speedup{suffix}") is None:
         return "-"
-    lo, hi = lat[f"speedup{suffix}_ci95"]
-    return f"{lat[f'speedup{suffix}']:.2f}x [{lo:.2f}, {hi:.2f}]"
+    lo, hi = record[f"speedup{suffix}_ci95"]
+    return f"{record[f'speedup{suffix}']:.2f}x [{lo:.2f}, {hi:.2f}]"

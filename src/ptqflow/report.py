@@ -31,6 +31,7 @@ from .config import ReportParams
 from .errors import PtqflowError
 from .figures import plot_confusion, plot_metrics, plot_pareto, plot_size_latency
 from .io import atomic_dir, read_json, write_json, write_text
+from .benchmark import speed_text
 from .pareto import pareto_front, speed_cost
 
 FIGURES = ("metrics_comparison.png", "size_latency.png", "pareto.png")
@@ -175,15 +176,6 @@ def recommend(rows: list[dict], params: ReportParams) -> dict:
     }
 
 
-def _speed(r: dict, suffix: str = "") -> str:
-    """'1.23x [1.10, 1.31] faster' or '-'."""
-    value = r.get(f"speedup{suffix}")
-    if value is None:
-        return "-"
-    lo, hi = r[f"speedup{suffix}_ci95"]
-    return f"{value:.2f}x [{lo:.2f}, {hi:.2f}]"
-
-
 def recommendation_markdown(rec: dict, rows: list[dict], params: ReportParams) -> str:
     by = {r["variant"]: r for r in rows}
 
@@ -191,7 +183,7 @@ def recommendation_markdown(rec: dict, rows: list[dict], params: ReportParams) -
         r = by[name]
         lat = f"{r['latency_ms']:.2f} ms median" if r["latency_ms"] is not None else "not timed"
         return (f"`{name}`: {r['size']:.2f} {params.size_unit} ({r['compression']:.2f}x smaller than `{params.baseline}`), "
-                f"{lat}, speed vs `{params.baseline}` {_speed(r)}: {r['speed_verdict']}; accuracy {r['accuracy']:.4f}; "
+                f"{lat}, speed vs `{params.baseline}` {speed_text(r)}: {r['speed_verdict']}; accuracy {r['accuracy']:.4f}; "
                 f"{rec['verdicts'][name]['why']}")
 
     fastest_note = "" if rec["fastest_is_measurably_faster"] else (
@@ -220,7 +212,7 @@ def format_table(rows: list[dict], unit: str, baseline: str = "fp32") -> str:
         cells = [
             r["variant"], f"{r['accuracy']:.4f}", _delta(st), f"{st['mcnemar_p']:.3g}" if st else "-", f"{r['f1']:.4f}",
             f"{r['size']:.2f}", f"{r['compression']:.2f}x", _ms(r["latency_ms"]), _ms(r["latency_p95_ms"]),
-            _speed(r), r["speed_verdict"], _speed(r, "_vs_half"),
+            speed_text(r), r["speed_verdict"], speed_text(r, "_vs_half"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -246,8 +238,8 @@ def table1(rows: list[dict], unit: str, baseline: str = "fp32") -> str:
         ("Compression", lambda r: f"{r['compression']:.2f}x"),
         ("Inference median (ms)", lambda r: _ms(r["latency_ms"])), ("Inference p95 (ms)", lambda r: _ms(r["latency_p95_ms"])),
         ("Inference IQR (ms)", lambda r: _ms(r["latency_iqr_ms"])),
-        (f"Speedup vs {baseline} [95% CI]", _speed), ("Speed", lambda r: r["speed_verdict"]),
-        (f"Speedup vs {half or 'half precision'} [95% CI]", lambda r: _speed(r, "_vs_half")),
+        (f"Speedup vs {baseline} [95% CI]", speed_text), ("Speed", lambda r: r["speed_verdict"]),
+        (f"Speedup vs {half or 'half precision'} [95% CI]", lambda r: speed_text(r, "_vs_half")),
         ("torch.compile mode", lambda r: str(r["compile"])),
         ("First call (ms; includes compilation)", lambda r: f"{r['first_call_ms']:.1f}" if r["first_call_ms"] is not None else "-"),
     ]
@@ -344,7 +336,7 @@ def _other_batch_sizes(rows: list[dict], bench: dict, params: ReportParams) -> s
             sp = speed.get(r["variant"])
             if lat:
                 lines.append(f"| {r['variant']} | {bs} | {lat['median_ms']:.2f} | {lat['p95_ms']:.2f} | "
-                             f"{_speed(sp) if sp else '-'} | {sp['speed_verdict'] if sp else '-'} |")
+                             f"{speed_text(sp) if sp else '-'} | {sp['speed_verdict'] if sp else '-'} |")
     return "\n".join(lines)
 
 
