@@ -1,4 +1,5 @@
-"""Stage `quantize@<variant>`: apply the variant's scheme to models/finetuned/ -> models/quantized/<variant>/."""
+"""Stage `quantize@<variant>`: apply the variant's scheme to models/finetuned/ -> models/quantized/<variant>/.
+Calibrating schemes (ort_int8_static) fit their activation ranges on the validation split of --data."""
 
 from ptqflow.cli import stage_parser
 from ptqflow.config import load_params
@@ -10,16 +11,19 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--variant", required=True, help="a key of `variants` in the parameter file")
     parser.add_argument("--model", default="models/finetuned", help="fine-tuned model folder")
+    parser.add_argument("--data", default="data/prepared", help="prepared data (its validation split calibrates)")
     parser.add_argument("--out", default=None, help="artifact folder (default: models/quantized/<variant>)")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
     from ptqflow.quantize import quantize_variant
+    from ptqflow.calibration import for_model
 
     variants = load_params(args.params).get("variants") or {}
     out = args.out or f"models/quantized/{args.variant}"
     with stage_run(f"quantize@{args.variant}", not args.no_tracking) as run:
         run.log_params({"variant": args.variant, **(variants.get(args.variant) or {})})
-        meta = quantize_variant(args.variant, variants.get(args.variant), args.model, out)
+        meta = quantize_variant(args.variant, variants.get(args.variant), args.model, out,
+                                calibration=lambda: for_model(args.data, args.model))
         run.log_metrics(meta)
         run.log_artifact(f"{out}/ptqflow.json")
         print(f"quantize@{args.variant}: {meta}")

@@ -323,6 +323,9 @@ def _describe(name: str, model: torch.nn.Module, meta: dict) -> dict:
             "device": str(model_device(model))}
 
 
+CALIBRATION_ROWS = 256  # `ptqflow bench --from-config`: seeded random rows for calibrating schemes
+
+
 def build_from_config(config_dir: str, overrides: dict, out_dir) -> dict:
     """Save a classifier of whatever architecture `config_dir`'s config names (+ overrides), fresh weights, as a
     model folder (4 labels; pad = the config's pad, else its EOS, else 0)."""
@@ -341,7 +344,8 @@ def build_from_config(config_dir: str, overrides: dict, out_dir) -> dict:
     model = AutoModelForSequenceClassification.from_config(config)
     model.save_pretrained(str(out_dir))
     return {"model_type": config.model_type, "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
-            "projections": len(of(model).projections), "n_parameters": model.num_parameters()}
+            "projections": len(of(model).projections), "n_parameters": model.num_parameters(),
+            "vocab_size": config.vocab_size, "pad_token_id": config.pad_token_id}
 
 
 def run_bench(
@@ -359,12 +363,15 @@ def run_bench(
     """`ptqflow bench`: the interleaved protocol on pipeline artifacts or on a model built from a config.
 
     From a config, the fresh-weight model is quantized by each variant's registry scheme in a temporary
-    folder, exactly as `quantize@<variant>` would. Inputs are seeded random token ids, no padding. Accuracy
+    folder, exactly as `quantize@<variant>` would. Inputs are seeded random token ids, no padding; a
+    calibrating scheme calibrates on CALIBRATION_ROWS other seeded random rows (there is no data). Accuracy
     is not measured here (`evaluate` does that).
     """
     import tempfile
+    from functools import partial
 
     from .batches import random_batch
+    from .calibration import random_rows
     from .quantize import quantize_variant
     from .quantize.common import weights_bytes
 
@@ -374,8 +381,10 @@ def run_bench(
         if config_dir:
             src = Path(tmp) / "fp32-source"
             model_info = build_from_config(config_dir, overrides or {}, src)
+            calibration = partial(random_rows, CALIBRATION_ROWS, seq_len, int(model_info.get("vocab_size", 50257)),
+                                  int(model_info.get("pad_token_id", 0)))
             for name, raw in tqdm(variants.items(), desc="quantize", unit="variant"):
-                quantize_variant(name, raw, src, Path(tmp) / name, device)
+                quantize_variant(name, raw, src, Path(tmp) / name, device, calibration=calibration)
         root = Path(artifacts_dir) if artifacts_dir else Path(tmp)
         loaders = {name: _artifact_loader(name, raw, root / name, device) for name, raw in variants.items()}
         vocab = int(_artifact_config(root, variants).get("vocab_size", 50257))

@@ -24,7 +24,7 @@ from .machine import environment
 from .modeling import pick_device
 from .quantize import VariantSkipped, load_variant
 from .quantize.registry import run_options
-from .quantize.common import weights_bytes
+from .quantize.common import WEIGHT_FILES_NOTE, weights_bytes
 from .sizes import memory_footprint, model_device, size_record
 from .structure import uses_token_types
 
@@ -105,7 +105,7 @@ def evaluate_variant(
         "quantization": {k: v for k, v in qmeta.items() if k not in ("variant", "scheme", "options", "runtime_dtype")},
         **classification_metrics(y_true, y_pred, classes),
         "test_rows": int(len(y_true)),
-        "size_on_disk": {**size_record(weights_bytes(Path(artifact_dir))), "what": "*.safetensors weight files"},
+        "size_on_disk": {**size_record(weights_bytes(Path(artifact_dir))), "what": WEIGHT_FILES_NOTE},
         "memory_footprint": {**size_record(memory_footprint(model)), "what": "parameters + buffers in memory"},
         "predict_wall_s": round(predict_s, 3),
         "environment": environment(device),

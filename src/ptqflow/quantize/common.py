@@ -56,9 +56,13 @@ def from_artifact(artifact_dir: Path, dtype: torch.dtype, device: torch.device) 
     return AutoModelForSequenceClassification.from_pretrained(str(artifact_dir), dtype=dtype).to(device)
 
 
+WEIGHT_FILES = ("*.safetensors", "*.onnx", "*.onnx.data")  # PyTorch variants; ONNX graph + its external data
+WEIGHT_FILES_NOTE = "weight files: *.safetensors, or *.onnx + its external data (*.onnx.data)"
+
+
 def weights_bytes(artifact_dir: Path) -> int:
-    """Bytes of the weight files (*.safetensors) of an artifact: config and metadata JSON are not counted."""
-    return dir_size_bytes(artifact_dir, "*.safetensors")
+    """Bytes of the weight files of an artifact (WEIGHT_FILES): config and metadata JSON are not counted."""
+    return sum(dir_size_bytes(artifact_dir, pattern) for pattern in WEIGHT_FILES)
 
 
 def runtime_device() -> torch.device:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from ..calibration import Calibration
 from ..config import build, to_dict
 from ..errors import PtqflowError
 from ..io import atomic_dir, read_json, write_json
@@ -50,6 +51,8 @@ class Scheme:
     load: Callable[[Path, Any, torch.device], torch.nn.Module]
     description: str
     available: Callable[[Any, torch.device], str | None] = _always  # why it cannot run on a device, or None
+    calibrates: bool = False  # quantize() also takes a Calibration (rows of the validation split)
+    compiles: bool = True  # False: load() gives no PyTorch graph to compile (an ONNX Runtime session)
 
 
 SCHEMES: dict[str, Scheme] = {}
@@ -79,7 +82,8 @@ def resolve(variant: str, raw: Any) -> tuple[Scheme, Any]:
     if name not in SCHEMES:
         raise PtqflowError(f"params.yaml: {where}.scheme {name!r} is not a registered scheme (known: {', '.join(SCHEMES)})")
     scheme = SCHEMES[name]
-    run_options(variant, raw)
+    if run_options(variant, raw).compile != "none" and not scheme.compiles:
+        raise PtqflowError(f"params.yaml: {where}.compile: scheme {name} runs in its own runtime, not torch.compile; remove `compile`")
     options = build(scheme.options, {k: v for k, v in raw.items() if k not in COMMON_KEYS}, where)
     return scheme, options
 
@@ -106,19 +110,27 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model
 
 
-def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str | Path, device: torch.device | None = None) -> dict:
+def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str | Path, device: torch.device | None = None,
+                     calibration: Callable[[], Calibration] | None = None) -> dict:
     """Write variant `variant`'s artifact to `out_dir` (atomically) with its metadata file; returns the metadata.
 
     A variant that cannot run on `device` (default: CUDA when present, else CPU) gets a metadata file that
-    says `skipped` and why, and no weights.
+    says `skipped` and why, and no weights. A calibrating scheme calls `calibration()` for its rows.
     """
     scheme, options = resolve(variant, raw)
     src_dir = Path(src_dir)
     if not (src_dir / "config.json").is_file():
         raise PtqflowError(f"{src_dir}: no fine-tuned model (run the finetune stage)")
     reason = unavailable(variant, raw, device or runtime_device())
+    if scheme.calibrates and calibration is None and not reason:
+        raise PtqflowError(f"variants.{variant}: scheme {scheme.name} calibrates on validation rows; give it the prepared data")
     with atomic_dir(out_dir) as tmp:
-        info = {"skipped": reason} if reason else scheme.quantize(src_dir, tmp, options)
+        if reason:
+            info = {"skipped": reason}
+        elif scheme.calibrates:
+            info = scheme.quantize(src_dir, tmp, options, calibration())
+        else:
+            info = scheme.quantize(src_dir, tmp, options)
         meta = {"variant": variant, "scheme": scheme.name, "options": to_dict(options), **info}
         write_json(tmp / META_FILE, meta)
     return meta

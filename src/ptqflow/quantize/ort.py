@@ -1,0 +1,236 @@
+"""ONNX Runtime variants: the fine-tuned model exported to ONNX (onnx_export.py), then
+
+- `ort_fp32`: not quantized (graph optimizations only);
+- `ort_int8_dynamic`: `onnxruntime.quantization.quantize_dynamic`: int8 weights (per output channel by default),
+  activations quantized at run time per tensor, a_scale = (max(x) - min(x)) / 255 over the live batch;
+- `ort_int8_static`: `quantize_static`: activation scales fixed from `calibration_rows` rows of the validation
+  split (never the test split), by minmax (s = (max - min) / 255 over all calibration batches), entropy
+  (the clipping range minimising KL divergence) or percentile (the range holding `percentile` % of values);
+- `ort_fp16`: the graph converted to float16, on ONNX Runtime's CUDA execution provider.
+
+Only weight matrix products are quantized by default (MatMul / Gemm with a constant weight): layer norms,
+softmax, GELU and residual adds stay float. `activation_matmuls` also quantizes the attention products
+(Q K^T and softmax x V, the softmax's neighbours); `output_quantization` re-quantizes the products' outputs
+(the inputs of the residual adds and GELU). The number of quantized products is counted in the graph and
+must equal the model's projections + head (structure.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import PtqflowError
+from ..onnx_export import DATA_FILE, GRAPH_FILE, ExportOptions, export_onnx, need, quiet
+from ..structure import expect
+from ..calibration import Calibration
+from .registry import Scheme
+
+QUANTIZABLE = ("MatMul", "Gemm")
+INT8_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearMatMul", "QAttention")
+
+
+@dataclass
+class OrtFp32Options(ExportOptions):
+    pass
+
+
+@dataclass
+class OrtDynamicOptions(ExportOptions):
+    per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights: for CPUs without VNNI, where u8 x s8 products can saturate
+    op_types: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_op_types(self.op_types)
+
+
+@dataclass
+class OrtStaticOptions(ExportOptions):
+    calibration_rows: int = 256  # validation rows the activation ranges are fitted on
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = 99.999  # method: percentile
+    format: Literal["QDQ", "QOperator"] = "QDQ"
+    per_channel: bool = True
+    reduce_range: bool = False
+    op_types: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
+    activation_matmuls: bool = False  # also quantize Q K^T and softmax x V (the softmax's neighbours)
+    output_quantization: bool = False  # re-quantize the products' outputs (inputs of residual adds, GELU)
+    calibration_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_op_types(self.op_types)
+        need(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
+        need(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
+        need(50.0 < self.percentile < 100.0, "percentile", "a number in (50, 100)", self.percentile)
+
+
+@dataclass
+class OrtFp16Options(ExportOptions):
+    pass
+
+
+def _check_op_types(op_types: list[str]) -> None:
+    bad = [o for o in op_types if o not in QUANTIZABLE]
+    need(bool(op_types) and not bad, "op_types", f"a non-empty list of {', '.join(QUANTIZABLE)}", op_types)
+
+
+# ------------------------------------------------------------------------------------------- schemes
+def quantize_fp32(src_dir: Path, out_dir: Path, options: OrtFp32Options) -> dict:
+    info = _export(src_dir, out_dir, options)
+    _save_config(src_dir, out_dir)
+    return {"runtime_dtype": "float32", "quantized_tensors": 0, **info}
+
+
+def quantize_dynamic(src_dir: Path, out_dir: Path, options: OrtDynamicOptions) -> dict:
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="ptqflow-onnx-") as tmp:
+        info = _export(src_dir, Path(tmp), options)
+        with quiet():
+            ort_quantize_dynamic(Path(tmp) / GRAPH_FILE, out_dir / GRAPH_FILE, per_channel=options.per_channel,
+                                 reduce_range=options.reduce_range, weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=list(options.op_types), use_external_data_format=True,
+                                 extra_options=_extra({"MatMulConstBOnly": True}))
+    _save_config(src_dir, out_dir)
+    return {**info, **_counted(out_dir, info, options.op_types, "dynamic"),
+            "runtime_dtype": "int8 weights x int8 activations (scales per batch at run time) -> int32; float32 elsewhere"}
+
+
+def quantize_static(src_dir: Path, out_dir: Path, options: OrtStaticOptions, calibration: Calibration) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory(prefix="ptqflow-onnx-") as tmp:
+        info = _export(src_dir, Path(tmp), options)
+        names = info["onnx"]["inputs"]
+        batches = calibration.batches(options.calibration_rows, options.calibration_batch_size)
+        feeds = [{n: (b[n] if n in b else torch.zeros_like(b["input_ids"])).numpy() for n in names} for b in batches]
+        extra = {"MatMulConstBOnly": not options.activation_matmuls, "CalibPercentile": options.percentile,
+                 "CalibTensorRangeSymmetric": False}
+        if not options.output_quantization:
+            extra["OpTypesToExcludeOutputQuantization"] = list(options.op_types)
+        with quiet():
+            ort_quantize_static(Path(tmp) / GRAPH_FILE, out_dir / GRAPH_FILE, _Reader(feeds),
+                                quant_format=QuantFormat.QDQ if options.format == "QDQ" else QuantFormat.QOperator,
+                                op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
+                                reduce_range=options.reduce_range, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=methods[options.method],
+                                use_external_data_format=True, extra_options=_extra(extra))
+    _save_config(src_dir, out_dir)
+    return {**info, **_counted(out_dir, info, options.op_types, options.format),
+            "calibration": {"rows": sum(len(f[names[0]]) for f in feeds), "source": calibration.source,
+                            "method": options.method, **({"percentile": options.percentile} if options.method == "percentile" else {})},
+            "runtime_dtype": "int8 weights x uint8 activations (calibrated scales) -> int32; float32 elsewhere"}
+
+
+def quantize_fp16(src_dir: Path, out_dir: Path, options: OrtFp16Options) -> dict:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with tempfile.TemporaryDirectory(prefix="ptqflow-onnx-") as tmp:
+        info = _export(src_dir, Path(tmp), options)
+        model = convert_float_to_float16(onnx.load(str(Path(tmp) / GRAPH_FILE)), keep_io_types=True)
+        onnx.save(model, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=DATA_FILE, size_threshold=1024)
+    _save_config(src_dir, out_dir)
+    return {**info, "runtime_dtype": "float16 (inputs and logits float32 / int64)"}
+
+
+# --------------------------------------------------------------------------------------------- load
+def load(artifact_dir: Path, options: ExportOptions, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoConfig
+
+    from ..ort_session import OrtClassifier
+
+    graph = artifact_dir / GRAPH_FILE
+    if not graph.is_file():
+        raise PtqflowError(f"{artifact_dir}: no {GRAPH_FILE} (re-run its quantize stage)")
+    return OrtClassifier(graph, AutoConfig.from_pretrained(str(artifact_dir)), device, options.graph_optimization)
+
+
+def cpu_only(options: ExportOptions, device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return (f"ONNX Runtime's int8 kernels (MatMulInteger / QLinear) run on its CPU execution provider; this run is on "
+                f"{device.type} (set eval.device and benchmark.device to cpu to measure them)")
+    return None
+
+
+def any_provider(options: ExportOptions, device: torch.device) -> str | None:
+    from ..ort_session import missing_provider
+
+    return missing_provider(device)
+
+
+def cuda_only(options: ExportOptions, device: torch.device) -> str | None:
+    from ..ort_session import missing_provider
+
+    if device.type != "cuda":
+        return f"ort_fp16 runs on ONNX Runtime's CUDA execution provider; this run is on {device.type} (float16 on CPU is emulated)"
+    return missing_provider(device)
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def _export(src_dir: Path, out_dir: Path, options: ExportOptions) -> dict:
+    return export_onnx(src_dir, out_dir, options)
+
+
+def _save_config(src_dir: Path, out_dir: Path) -> None:
+    """The model's config beside the graph: the adapter reads labels and the pad token from it."""
+    from transformers import AutoConfig
+
+    AutoConfig.from_pretrained(str(src_dir)).save_pretrained(str(out_dir))
+
+
+def _extra(options: dict) -> dict:
+    import onnx
+
+    return {"DefaultTensorType": onnx.TensorProto.FLOAT, **options}
+
+
+def _counted(out_dir: Path, info: dict, op_types: list[str], how: str) -> dict:
+    """Count the int8 matrix products in the written graph; they must be every weight product of `op_types`
+    in the exported graph (there: the model's projections + head, unless fusions packed some into Attention)."""
+    import onnx
+
+    graph = onnx.load(str(out_dir / GRAPH_FILE), load_external_data=False).graph
+    int8 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    if how == "QDQ":  # a float MatMul / Gemm whose weight comes out of a DequantizeLinear of an int8 initializer
+        dq = {o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8 for o in n.output}
+        quantized = sum(1 for n in graph.node if n.op_type in QUANTIZABLE and len(n.input) > 1 and n.input[1] in dq)
+    else:  # QOperator: an integer kernel with an int8 weight initializer among its inputs
+        quantized = sum(1 for n in graph.node if n.op_type in INT8_OPS and any(i in int8 for i in n.input))
+    expected = sum(info["onnx"]["weight_matmuls"].get(o, 0) for o in op_types)
+    expect(quantized, expected, "int8 weight matrix products in the ONNX graph", f"({', '.join(op_types)}; {how})")
+    return {"quantized_tensors": quantized,
+            "onnx_operators_quantized": dict(Counter(n.op_type for n in graph.node).most_common())}
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over prepared feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+
+FP32 = Scheme("ort_fp32", OrtFp32Options, quantize_fp32, load, "ONNX Runtime, float32 (exported, graph-optimized)",
+              available=any_provider, compiles=False)
+INT8_DYNAMIC = Scheme("ort_int8_dynamic", OrtDynamicOptions, quantize_dynamic, load,
+                      "ONNX Runtime quantize_dynamic: int8 weights, activations quantized per batch", available=cpu_only, compiles=False)
+INT8_STATIC = Scheme("ort_int8_static", OrtStaticOptions, quantize_static, load,
+                     "ONNX Runtime quantize_static: int8 weights, activation scales calibrated on validation rows",
+                     available=cpu_only, calibrates=True, compiles=False)
+FP16 = Scheme("ort_fp16", OrtFp16Options, quantize_fp16, load, "ONNX Runtime float16 on the CUDA execution provider",
+              available=cuda_only, compiles=False)
