@@ -117,17 +117,20 @@ def quantize_static(src_dir: Path, out_dir: Path, options: OrtStaticOptions, cal
         feeds = [{n: (b[n] if n in b else torch.zeros_like(b["input_ids"])).numpy() for n in names} for b in batches]
         extra = {"MatMulConstBOnly": not options.activation_matmuls, "CalibPercentile": options.percentile,
                  "CalibTensorRangeSymmetric": False}
+        # MatMulConstBOnly is not honoured by the QDQ quantizer (ORT 1.31): name the activation products instead
+        excluded = [] if options.activation_matmuls else activation_products(Path(tmp) / GRAPH_FILE)
         if not options.output_quantization:
             extra["OpTypesToExcludeOutputQuantization"] = list(options.op_types)
         with quiet():
             ort_quantize_static(Path(tmp) / GRAPH_FILE, out_dir / GRAPH_FILE, _Reader(feeds),
                                 quant_format=QuantFormat.QDQ if options.format == "QDQ" else QuantFormat.QOperator,
                                 op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
-                                reduce_range=options.reduce_range, activation_type=QuantType.QUInt8,
+                                nodes_to_exclude=excluded, reduce_range=options.reduce_range, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=methods[options.method],
                                 use_external_data_format=True, extra_options=_extra(extra))
     _save_config(src_dir, out_dir)
     return {**info, **_counted(out_dir, info, options.op_types, options.format),
+            "activation_products_kept_float": len(excluded),
             "calibration": {"rows": sum(len(f[names[0]]) for f in feeds), "source": calibration.source,
                             "method": options.method, **({"percentile": options.percentile} if options.method == "percentile" else {})},
             "runtime_dtype": "int8 weights x uint8 activations (calibrated scales) -> int32; float32 elsewhere"}
@@ -189,6 +192,16 @@ def _save_config(src_dir: Path, out_dir: Path) -> None:
     from transformers import AutoConfig
 
     AutoConfig.from_pretrained(str(src_dir)).save_pretrained(str(out_dir))
+
+
+def activation_products(graph_path: Path) -> list[str]:
+    """Names of the MatMul nodes that multiply two activations (attention's Q K^T and softmax x V): no initializer
+    among their inputs."""
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in inits for i in n.input)]
 
 
 def _extra(options: dict) -> dict:
