@@ -26,6 +26,7 @@ def main() -> None:
     predictions_path = args.predictions or f"plots/predictions/{v}.csv"
     with stage_run(f"evaluate@{v}", not args.no_tracking) as run:
         run.log_params({"variant": v, **(raw or {}), "eval": to_dict(evaluation)})
+        run.set_tags({"variant": v, "scheme": (raw or {}).get("scheme", "?")})
         metrics, predictions = evaluate_variant(v, raw, args.artifact or f"models/quantized/{v}", args.data, evaluation)
         write_json(metrics_path, metrics)
         write_text(predictions_path, predictions.to_csv(index=False))
@@ -35,6 +36,10 @@ def main() -> None:
             print(f"evaluate@{v}: skipped on this machine: {metrics['skipped']}")
             return
         run.log_metrics(metrics)
+        from ptqflow.data import lineage
+
+        for item in lineage(args.data, ("test",)):
+            run.log_dataset(**item)
         run.set_tags({"device": metrics["environment"]["device_name"], "runtime_dtype": metrics["runtime_dtype"]})
         print(f"evaluate@{v}: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
               f"{metrics['size_on_disk']['MiB']:.2f} MiB on disk, {metrics['predict_wall_s']:.1f} s to predict")

@@ -30,6 +30,10 @@ def main() -> None:
         write_json(args.details, metrics)
         write_json(args.metrics, headline(metrics))
         run.log_metrics(metrics)
+        from ptqflow.data import lineage
+
+        for item in lineage(args.data, ("train", "validation")):
+            run.log_dataset(**item)
         run.log_artifact(args.details)
 
 

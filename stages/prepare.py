@@ -26,6 +26,10 @@ def main() -> None:
         write_json(args.details, metrics)
         write_json(args.metrics, headline(metrics))
         run.log_metrics(metrics["splits"])
+        from ptqflow.data import lineage
+
+        for item in lineage(args.out, ("train", "validation", "test")):
+            run.log_dataset(**item)
         run.log_artifact(args.details)
 
 

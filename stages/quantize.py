@@ -22,6 +22,8 @@ def main() -> None:
     out = args.out or f"models/quantized/{args.variant}"
     with stage_run(f"quantize@{args.variant}", not args.no_tracking) as run:
         run.log_params({"variant": args.variant, **(variants.get(args.variant) or {})})
+        # `variant` is the evaluate child's tag (one run per variant and experiment in a search); this one names its artifact
+        run.set_tags({"artifact_of": args.variant, "scheme": (variants.get(args.variant) or {}).get("scheme", "?")})
         meta = quantize_variant(args.variant, variants.get(args.variant), args.model, out,
                                 calibration=lambda: for_model(args.data, args.model))
         run.log_metrics(meta)

@@ -33,6 +33,9 @@ def main() -> None:
         run.log_metrics({r["variant"]: metrics_record(r, report.size_unit) for r in rows})
         for path in (args.out, args.comparison, args.benchmark, args.pareto, *sorted(Path(args.figures).glob("*.png"))):
             run.log_artifact(path)
+        run.log_parent_artifact(args.out)  # the execution's parent run holds the report and its figures
+        run.log_parent_artifact(args.comparison)
+        run.log_parent_artifact(args.figures, "figures")
         print(format_table(rows, report.size_unit, report.baseline))
         from ptqflow.io import read_json
 

@@ -79,7 +79,8 @@ def test_paper_config_fails_fast_when_the_hub_is_unreachable(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_stages_lose_no_mlflow_run(tmp_path):
-    """Four processes log at once into one SQLite store (as `dvc exp run -j N` does): every run lands."""
+    """Four processes log at once into one SQLite store (as `dvc exp run -j N` does): every run lands, under one
+    parent (the same execution: same commit, same params), which is created once."""
     import json
 
     script = (
@@ -94,7 +95,9 @@ def test_parallel_stages_lose_no_mlflow_run(tmp_path):
     errors = [p.communicate()[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
     code = ("import mlflow, json; mlflow.set_tracking_uri('sqlite:///" + str(tmp_path) + "/mlflow.db');"
-            "df = mlflow.search_runs(experiment_names=['ptqflow']);"
+            "df = mlflow.search_runs(experiment_names=['ptqflow']); parents = df[df['tags.stage'] == 'pipeline'];"
+            "df = df[df['tags.stage'] != 'pipeline']; assert len(parents) == 1, parents;"
+            "assert set(df['tags.mlflow.parentRunId']) == set(parents['run_id']);"
             "print(json.dumps(sorted(df['tags.mlflow.runName'])), sorted(set(df['status'])), df['metrics.x.y'].sum())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
     names = json.loads(out.split("] ")[0] + "]")
@@ -115,4 +118,6 @@ def test_a_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     df = mlflow.search_runs(experiment_names=["ptqflow"])
-    assert list(df["status"]) == ["FAILED"] and "bad lr" in df["tags.error"].iloc[0]
+    child, parent = df[df["tags.stage"] == "finetune"], df[df["tags.stage"] == "pipeline"]
+    assert list(child["status"]) == ["FAILED"] and "bad lr" in child["tags.error"].iloc[0]
+    assert list(parent["status"]) == ["FAILED"] and child["tags.mlflow.parentRunId"].iloc[0] == parent["run_id"].iloc[0]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .errors import run_cli
+from .errors import PtqflowError, run_cli
 
 
 def _assets(args: argparse.Namespace) -> None:
@@ -108,6 +109,27 @@ def _table(args: argparse.Namespace) -> None:
         print(f"{name}: skipped on the machine that evaluated it: {why}")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    if not args.texts and not args.csv:
+        raise PtqflowError("predict: give texts as arguments or --csv FILE")
+    if args.texts and args.csv:
+        raise PtqflowError("predict: give texts or --csv, not both")
+    from .predict import load_packaged, predict_csv
+
+    if args.csv:
+        src = Path(args.csv)
+        if not src.is_file():
+            raise PtqflowError(f"{src}: no such file")
+    model = load_packaged(args.model, args.device)
+    if args.csv:
+        out = Path(args.out or src.with_suffix(".pred.csv"))
+        n = predict_csv(model, src, out, args.column)
+        print(f"predict: {n} rows -> {out} ({model.meta['variant']})")
+        return
+    for text, label in zip(args.texts, model.predict(args.texts)):
+        print(f"{label}\t{text}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptqflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     p.add_argument("--comparison", default="metrics/comparison.json", help="the report stage's comparison (default: %(default)s)")
     p.set_defaults(func=_table)
+    p = sub.add_parser("predict", help="labels for texts from a packaged model (the package stage's models/recommended)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("texts", nargs="*", help="texts to classify (one label per line, tab, the text)")
+    p.add_argument("--model", default="models/recommended", help="packaged model folder")
+    p.add_argument("--csv", default=None, help="instead of texts: a CSV with a text column; writes a copy with a label column")
+    p.add_argument("--column", default="text", help="the CSV's text column")
+    p.add_argument("--out", default=None, help="output CSV (default: <input>.pred.csv)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
+    p.set_defaults(func=_predict)
     return parser
 
 

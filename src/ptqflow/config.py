@@ -124,6 +124,17 @@ class ReportParams:
         _check(self.bootstrap_resamples >= 1000, "report.bootstrap_resamples", "an integer >= 1000", self.bootstrap_resamples)
 
 
+@dataclass
+class PackageParams:
+    variant: str = "fastest"  # smallest | fastest (the report's acceptable picks) | a variant name
+    registered_model: str | None = "ptqflow-classifier"  # MLflow Model Registry name; null: package without registering
+
+    def __post_init__(self) -> None:
+        _check(bool(str(self.variant).strip()), "package.variant", "smallest, fastest or a variant name", self.variant)
+        _check(self.registered_model is None or bool(self.registered_model.strip()), "package.registered_model",
+               "a model name or null", self.registered_model)
+
+
 # ------------------------------------------------------------------------------------------ machinery
 def _check(ok: bool, key: str, expected: str, got: Any) -> None:
     if not ok:

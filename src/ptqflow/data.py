@@ -273,3 +273,12 @@ def load_prepared(path: str | Path) -> tuple[DatasetDict, dict]:
     if not (path / "meta.json").is_file():
         raise PtqflowError(f"{path}: no prepared data (run the prepare stage: dvc repro prepare)")
     return load_from_disk(str(path)), read_json(path / "meta.json")
+
+
+def lineage(prepared_dir: str | Path, splits: tuple[str, ...]) -> list[dict]:
+    """What MLflow's dataset lineage records for `splits` of the prepared data: its source, content hash, and per
+    split the row count and classes (tracking.log_dataset arguments)."""
+    data, meta = load_prepared(prepared_dir)
+    return [{"name": f"{meta['source']} [{split}]", "source": meta["source"], "digest": meta["content_hash"], "context": split,
+             "tags": {"rows": len(data[split]), "classes": ",".join(meta["classes"]), "max_length": meta["max_length"]}}
+            for split in splits if split in data]

@@ -1,0 +1,161 @@
+"""The `package` stage: the variant to ship, in a folder that loads on its own, with a model card.
+
+`models/recommended/` holds
+- `model/`: the variant's artifact as its runtime loads it: a Hugging Face folder (`fp32`, `cast`:
+  `AutoModelForSequenceClassification.from_pretrained`), an ONNX graph + external data (`ort_*`:
+  `onnxruntime.InferenceSession`), or, for schemes whose saved form only ptqflow's registry reads
+  (`int8_scratch`, `int8_dynamic`, `torchao`, `bnb_*`), that artifact with `ptqflow.json`; `loader` says which;
+- `tokenizer/`: the tokenizer it was trained with;
+- `README.md`: a model card with its Table 1 row, the accuracy change with CI and McNemar p, latency and
+  speedup with CI, the machine and versions;
+- `package.json`: variant, scheme, options, loader, labels, max_length, where it came from.
+
+Which variant: `package.variant` = `smallest` or `fastest` (the report's acceptable picks) or a variant name.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .errors import PtqflowError
+from .io import atomic_dir, read_json, write_json, write_text
+
+PICKS = ("smallest", "fastest")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "vocab.txt", "spiece.model", "tokenizer.model", "added_tokens.json")
+LOADERS = {"fp32": "transformers", "cast": "transformers", "ort_fp32": "onnxruntime", "ort_int8_dynamic": "onnxruntime",
+           "ort_int8_static": "onnxruntime", "ort_fp16": "onnxruntime"}
+
+
+def choose(comparison: dict, pick: str) -> str:
+    """The variant `pick` names: the report's smallest / fastest acceptable one, or a variant it compared."""
+    if pick in PICKS:
+        return comparison["recommendation"][pick]
+    if pick not in comparison["variants"]:
+        skipped = comparison.get("skipped", {})
+        if pick in skipped:
+            raise PtqflowError(f"package.variant {pick!r} was skipped on this machine ({skipped[pick]}); nothing to package")
+        known = ", ".join([*PICKS, *comparison["variants"]])
+        raise PtqflowError(f"package.variant {pick!r} is not a variant the report compared (known: {known})")
+    return pick
+
+
+def package(pick: str, comparison_path: Path, artifacts_dir: Path, tokenizer_dir: Path, eval_dir: Path,
+            prepared_meta: dict, out_dir: Path) -> dict:
+    """Write `out_dir` (atomically) for the chosen variant; returns package.json."""
+    if not comparison_path.is_file():
+        raise PtqflowError(f"{comparison_path}: missing (run: dvc repro report)")
+    comparison = read_json(comparison_path)
+    variant = choose(comparison, pick)
+    artifact = artifacts_dir / variant
+    if not (artifact / "ptqflow.json").is_file():
+        raise PtqflowError(f"{artifact}: no quantized artifact (run: dvc repro quantize@{variant})")
+    qmeta = read_json(artifact / "ptqflow.json")
+    details = read_json(eval_dir / f"{variant}.json")
+    loader = LOADERS.get(qmeta["scheme"], "ptqflow")
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(artifact, tmp / "model")
+        (tmp / "tokenizer").mkdir()
+        found = [n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
+        if not found:
+            raise PtqflowError(f"{tokenizer_dir}: no tokenizer files")
+        for name in found:
+            shutil.copy(tokenizer_dir / name, tmp / "tokenizer" / name)
+        meta = {
+            "variant": variant, "pick": pick, "scheme": qmeta["scheme"], "options": qmeta["options"], "loader": loader,
+            "labels": details.get("confusion_matrix", {}).get("labels") or prepared_meta.get("classes"),
+            "max_length": prepared_meta.get("max_length"), "text_pair": prepared_meta.get("text_pair"),
+            "row": comparison["variants"][variant], "baseline": comparison["baseline"],
+            "environment": details.get("environment"), "benchmark_device": comparison.get("device"),
+        }
+        write_json(tmp / "package.json", meta)
+        write_text(tmp / "README.md", model_card(meta, comparison))
+    return meta
+
+
+def model_card(meta: dict, comparison: dict) -> str:
+    """The model card: what the model is, how to load it, and the numbers that chose it."""
+    from .report import format_table
+
+    row, st = meta["row"], meta["row"].get("stats") or {}
+    env = meta.get("environment") or {}
+    how = {
+        "transformers": "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+                        "model = AutoModelForSequenceClassification.from_pretrained('models/recommended/model', dtype='auto')\n"
+                        "tokenizer = AutoTokenizer.from_pretrained('models/recommended/tokenizer')\n```",
+        "onnxruntime": "```python\nimport onnxruntime\nsession = onnxruntime.InferenceSession('models/recommended/model/model.onnx')\n"
+                       "# inputs: input_ids, attention_mask (int64, [batch, sequence]); output: logits\n```",
+        "ptqflow": f"Its saved form is read by ptqflow's registry only (scheme `{meta['scheme']}`):\n"
+                   "```python\nfrom ptqflow.predict import load_packaged\nmodel = load_packaged('models/recommended')\n```",
+    }[meta["loader"]]
+    delta = (f"{st['delta_accuracy'] * 100:+.2f} points [95% CI {st['delta_ci95_low'] * 100:+.2f}, "
+             f"{st['delta_ci95_high'] * 100:+.2f}], McNemar p = {st['mcnemar_p']:.3g}") if st else "it is the baseline"
+    ci = row.get("speedup_ci95") or [None, None]
+    speed = (f"{row['latency_ms']:.2f} ms median per batch of {comparison.get('batch_size')}, "
+             f"{row['speedup']:.2f}x vs {meta['baseline']} [95% CI {ci[0]:.2f}, {ci[1]:.2f}] ({row['speed_verdict']})"
+             if row.get("latency_ms") is not None and row.get("speedup") is not None else "not timed")
+    return "\n".join([
+        f"# {meta['variant']} — the {meta['pick'] if meta['pick'] in PICKS else 'chosen'} acceptable variant",
+        "",
+        f"Scheme `{meta['scheme']}` with options `{meta['options']}`; runs as: {row.get('runtime_dtype')}.",
+        *([f"Measured through `torch.compile(mode='{row['compile']}')`: call `model.compile(mode='{row['compile']}')` after "
+           "loading to get the measured speed (the first call compiles)."] if row.get("compile", "none") != "none" else []),
+        f"Labels: {', '.join(map(str, meta['labels'] or []))}; inputs truncated to {meta['max_length']} tokens.",
+        "",
+        "## Load it",
+        "",
+        how,
+        "",
+        "or `ptqflow predict --model models/recommended \"some text\"`.",
+        "",
+        "## What it costs and saves",
+        "",
+        f"- accuracy {row['accuracy']:.4f}, change vs {meta['baseline']}: {delta}",
+        f"- size {row['size']:.2f} {row.get('size_unit', 'MiB')}, {row['compression']:.2f}x smaller than {meta['baseline']}",
+        f"- speed: {speed}; interleaved benchmark on {meta.get('benchmark_device')}",
+        "",
+        format_table([row], row.get("size_unit", "MiB"), meta["baseline"]),
+        "",
+        "## Measured on",
+        "",
+        f"{env.get('device_name', '?')}; torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}.",
+        "",
+    ])
+
+
+EXAMPLE_TEXT = "Stocks rallied after the central bank held interest rates steady."
+RUNTIME_PACKAGES = ("torch", "transformers", "onnxruntime", "bitsandbytes", "torchao", "safetensors", "pandas", "numpy")
+
+
+def register(folder: Path, name: str, run_id: str, parent_id: str) -> str:
+    """Log `folder` as an MLflow pyfunc model from code (pyfunc_model.py; ptqflow travels as code_paths, nothing
+    is pickled) under the active run, with a signature and an input example, and register it as a new version
+    of `name`, tagged with the runs it came from. Returns one line saying which version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from .predict import load_packaged
+
+    example = pd.DataFrame({"text": [EXAMPLE_TEXT]})
+    signature = infer_signature(example, load_packaged(folder).predict([EXAMPLE_TEXT]))
+    pins = []
+    for pkg in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            pass
+    here = Path(__file__).resolve().parent
+    info = mlflow.pyfunc.log_model(name="model", python_model=str(here / "pyfunc_model.py"), artifacts={"package": str(folder)},
+                                   code_paths=[str(here)], signature=signature, input_example=example,
+                                   pip_requirements=pins, registered_model_name=name)
+    client = mlflow.MlflowClient()
+    number = info.registered_model_version
+    meta = read_json(folder / "package.json")
+    for key, value in {"source_run": run_id, "pipeline_run": parent_id, "variant": meta["variant"], "scheme": meta["scheme"],
+                       "loader": meta["loader"]}.items():
+        client.set_model_version_tag(name, str(number), key, str(value))
+    return f"package: registered {name} version {number} (run {run_id})"

@@ -1,0 +1,106 @@
+"""`ptqflow predict`: labels for texts from a packaged model (`models/recommended`, written by the package stage).
+
+The model is loaded the way package.json's `loader` says: transformers or onnxruntime directly, or ptqflow's
+registry for schemes whose saved form only it reads. Texts are tokenized as in training (truncated to
+`max_length`) and predicted in padded batches.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PtqflowError
+from .io import read_json
+
+
+class Packaged:
+    """A packaged classifier: `predict(texts) -> labels`."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu"):
+        folder = Path(folder)
+        if not (folder / "package.json").is_file():
+            raise PtqflowError(f"{folder}: no packaged model (run: dvc repro package)")
+        self.meta = read_json(folder / "package.json")
+        self.device = torch.device(device)
+        self.model = _load(folder / "model", self.meta, self.device)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        self.labels = list(self.meta["labels"])
+        self.pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> list[str]:
+        from tqdm.auto import tqdm
+
+        from .batches import pad_batch
+
+        out: list[str] = []
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="predict", unit="batch", disable=not progress):
+            enc = self.tokenizer(list(texts[start : start + batch_size]), truncation=True, max_length=self.meta["max_length"])
+            batch = pad_batch(enc["input_ids"], self.pad_id)
+            logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
+            out.extend(self.labels[i] for i in logits.argmax(-1).cpu().numpy())
+        return out
+
+
+def _load(model_dir: Path, meta: dict, device: torch.device) -> torch.nn.Module:
+    loader = meta["loader"]
+    if loader == "transformers":
+        from transformers import AutoModelForSequenceClassification
+
+        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(meta["options"].get("dtype"), torch.float32)
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+    if loader == "onnxruntime":
+        from transformers import AutoConfig
+
+        from .ort_session import OrtClassifier
+
+        return OrtClassifier(model_dir / "model.onnx", AutoConfig.from_pretrained(str(model_dir)), device,
+                             meta["options"].get("graph_optimization", "all"))
+    from .quantize import load_variant
+
+    raw = {"scheme": meta["scheme"], **meta["options"]}
+    return load_variant(meta["variant"], raw, model_dir, device)[0]
+
+
+def load_packaged(folder: str | Path, device: str = "cpu") -> Packaged:
+    return Packaged(folder, device)
+
+
+def predict_csv(model: Packaged, src: Path, dst: Path, column: str = "text") -> int:
+    """Read `src` (a CSV with a `column` column), write `dst` with a `label` column added; returns the row count.
+    An empty file or a missing column is one line, and nothing is written."""
+    from .io import write_text
+
+    if not src.is_file():
+        raise PtqflowError(f"{src}: no such file")
+    with src.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        fields = reader.fieldnames or []
+    if not fields:
+        raise PtqflowError(f"{src}: empty CSV (expected a header with a {column!r} column)")
+    if column not in fields:
+        raise PtqflowError(f"{src}: no {column!r} column (columns: {', '.join(fields)})")
+    if not rows:
+        raise PtqflowError(f"{src}: no rows to predict")
+    labels = model.predict([r[column] or "" for r in rows], progress=True)
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*fields, "label"])
+    writer.writeheader()
+    for row, label in zip(rows, labels):
+        writer.writerow({**row, "label": label})
+    write_text(dst, buf.getvalue())
+    return len(rows)
+
+
+def as_array(labels: list[str]) -> np.ndarray:
+    return np.asarray(labels, dtype=object)
