@@ -33,13 +33,13 @@ class DataParams:
     text_pair: str | None = None  # a second text column (sentence pairs): the tokenizer's second segment
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
-        _check(self.max_length >= 8, "data.max_length", "an integer >= 8", self.max_length)
-        _check(self.text_pair is None or (self.text_pair.strip() != "" and self.text_pair not in ("text", "label")),
+        check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
+        check(self.max_length >= 8, "data.max_length", "an integer >= 8", self.max_length)
+        check(self.text_pair is None or (self.text_pair.strip() != "" and self.text_pair not in ("text", "label")),
                "data.text_pair", "a column name other than text and label, or null", self.text_pair)
         for key in ("max_train_samples", "max_test_samples"):
             v = getattr(self, key)
-            _check(v is None or v > 0, f"data.{key}", "a positive integer or null", v)
+            check(v is None or v > 0, f"data.{key}", "a positive integer or null", v)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class ModelParams:
 
     def __post_init__(self) -> None:
         for key, value in self.overrides.items():  # the fields themselves are checked against the config (modeling.py)
-            _check(isinstance(value, (int, float, str, bool)), f"model.overrides.{key}", "a number, string or true/false", value)
+            check(isinstance(value, (int, float, str, bool)), f"model.overrides.{key}", "a number, string or true/false", value)
 
 
 @dataclass
@@ -66,12 +66,12 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
-        _check(self.batch_size > 0, "train.batch_size", "an integer > 0", self.batch_size)
-        _check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
-        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
-        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
-        _check(self.eval_batch_size > 0, "train.eval_batch_size", "an integer > 0", self.eval_batch_size)
+        check(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        check(self.batch_size > 0, "train.batch_size", "an integer > 0", self.batch_size)
+        check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
+        check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        check(self.eval_batch_size > 0, "train.eval_batch_size", "an integer > 0", self.eval_batch_size)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class EvalParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        _check(self.batch_size > 0, "eval.batch_size", "an integer > 0", self.batch_size)
+        check(self.batch_size > 0, "eval.batch_size", "an integer > 0", self.batch_size)
 
 
 @dataclass
@@ -96,12 +96,12 @@ class BenchmarkParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        _check(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "benchmark.batch_sizes",
+        check(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "benchmark.batch_sizes",
                "a non-empty list of integers > 0", self.batch_sizes)
-        _check(self.rounds >= 3, "benchmark.rounds", "an integer >= 3 (the speedup interval is over rounds)", self.rounds)
-        _check(self.warmup >= 0, "benchmark.warmup", "an integer >= 0", self.warmup)
-        _check(self.iters >= 1, "benchmark.iters", "an integer >= 1", self.iters)
-        _check(self.threads is None or self.threads > 0, "benchmark.threads", "a positive integer or null", self.threads)
+        check(self.rounds >= 3, "benchmark.rounds", "an integer >= 3 (the speedup interval is over rounds)", self.rounds)
+        check(self.warmup >= 0, "benchmark.warmup", "an integer >= 0", self.warmup)
+        check(self.iters >= 1, "benchmark.iters", "an integer >= 1", self.iters)
+        check(self.threads is None or self.threads > 0, "benchmark.threads", "a positive integer or null", self.threads)
 
 
 @dataclass
@@ -116,12 +116,12 @@ class ReportParams:
     speed_equivalence: float = 0.05  # speed differences below this fraction count as none, even when the interval excludes 1
 
     def __post_init__(self) -> None:
-        _check(0 < self.alpha < 1, "report.alpha", "a number in (0, 1)", self.alpha)
-        _check(0 <= self.max_accuracy_drop < 1, "report.max_accuracy_drop", "a fraction in [0, 1) (0.005 = 0.5 points)",
+        check(0 < self.alpha < 1, "report.alpha", "a number in (0, 1)", self.alpha)
+        check(0 <= self.max_accuracy_drop < 1, "report.max_accuracy_drop", "a fraction in [0, 1) (0.005 = 0.5 points)",
                self.max_accuracy_drop)
-        _check(0 <= self.speed_equivalence < 1, "report.speed_equivalence", "a fraction in [0, 1) (0.05 = 5%)",
+        check(0 <= self.speed_equivalence < 1, "report.speed_equivalence", "a fraction in [0, 1) (0.05 = 5%)",
                self.speed_equivalence)
-        _check(self.bootstrap_resamples >= 1000, "report.bootstrap_resamples", "an integer >= 1000", self.bootstrap_resamples)
+        check(self.bootstrap_resamples >= 1000, "report.bootstrap_resamples", "an integer >= 1000", self.bootstrap_resamples)
 
 
 @dataclass
@@ -130,13 +130,13 @@ class PackageParams:
     registered_model: str | None = "ptqflow-classifier"  # MLflow Model Registry name; null: package without registering
 
     def __post_init__(self) -> None:
-        _check(bool(str(self.variant).strip()), "package.variant", "smallest, fastest or a variant name", self.variant)
-        _check(self.registered_model is None or bool(self.registered_model.strip()), "package.registered_model",
+        check(bool(str(self.variant).strip()), "package.variant", "smallest, fastest or a variant name", self.variant)
+        check(self.registered_model is None or bool(self.registered_model.strip()), "package.registered_model",
                "a model name or null", self.registered_model)
 
 
 # ------------------------------------------------------------------------------------------ machinery
-def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+def check(ok: bool, key: str, expected: str, got: Any) -> None:
     if not ok:
         raise PtqflowError(f"{PARAMS_FILE}: {key} must be {expected}, got {got!r}")
 

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .config import check
 from .errors import PtqflowError
 from .structure import expect, of, position_limit, uses_token_types
 
@@ -46,14 +47,9 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         low = 18 if self.exporter == "dynamo" else 14
-        need(low <= self.opset <= 23, "opset", f"an integer in [{low}, 23] for the {self.exporter} exporter", self.opset)
-        need(0 < self.parity_tolerance < 1, "parity_tolerance", "a number in (0, 1)", self.parity_tolerance)
+        check(low <= self.opset <= 23, "opset", f"an integer in [{low}, 23] for the {self.exporter} exporter", self.opset)
+        check(0 < self.parity_tolerance < 1, "parity_tolerance", "a number in (0, 1)", self.parity_tolerance)
 
-
-def need(ok: bool, key: str, expected: str, got) -> None:
-    """One line for an option out of range (the ORT schemes' own checks use it too)."""
-    if not ok:
-        raise PtqflowError(f"params.yaml: {key} must be {expected}, got {got!r}")
 
 
 class _LogitsOnly(torch.nn.Module):

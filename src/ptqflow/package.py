@@ -22,10 +22,6 @@ from .errors import PtqflowError
 from .io import atomic_dir, read_json, write_json, write_text
 
 PICKS = ("smallest", "fastest")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "vocab.txt", "spiece.model", "tokenizer.model", "added_tokens.json")
-LOADERS = {"fp32": "transformers", "cast": "transformers", "ort_fp32": "onnxruntime", "ort_int8_dynamic": "onnxruntime",
-           "ort_int8_static": "onnxruntime", "ort_fp16": "onnxruntime"}
 
 
 def choose(comparison: dict, pick: str) -> str:
@@ -53,15 +49,14 @@ def package(pick: str, comparison_path: Path, artifacts_dir: Path, tokenizer_dir
         raise PtqflowError(f"{artifact}: no quantized artifact (run: dvc repro quantize@{variant})")
     qmeta = read_json(artifact / "ptqflow.json")
     details = read_json(eval_dir / f"{variant}.json")
-    loader = LOADERS.get(qmeta["scheme"], "ptqflow")
+    from .modeling import load_tokenizer
+    from .quantize import SCHEMES
+
+    loader = SCHEMES[qmeta["scheme"]].loader
+    tokenizer = load_tokenizer(tokenizer_dir)
     with atomic_dir(out_dir) as tmp:
         shutil.copytree(artifact, tmp / "model")
-        (tmp / "tokenizer").mkdir()
-        found = [n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()]
-        if not found:
-            raise PtqflowError(f"{tokenizer_dir}: no tokenizer files")
-        for name in found:
-            shutil.copy(tokenizer_dir / name, tmp / "tokenizer" / name)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
         meta = {
             "variant": variant, "pick": pick, "scheme": qmeta["scheme"], "options": qmeta["options"], "loader": loader,
             "labels": details.get("confusion_matrix", {}).get("labels") or prepared_meta.get("classes"),

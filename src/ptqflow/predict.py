@@ -1,7 +1,7 @@
 """`ptqflow predict`: labels for texts from a packaged model (`models/recommended`, written by the package stage).
 
-The model is loaded the way package.json's `loader` says: transformers or onnxruntime directly, or ptqflow's
-registry for schemes whose saved form only it reads. Texts are tokenized as in training (truncated to
+The model is loaded by ptqflow's registry from the packaged artifact, as evaluation loads it (package.json's
+`loader` says what else can load it). Texts are tokenized as in training (truncated to
 `max_length`) and predicted in padded batches.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import PtqflowError
@@ -50,23 +49,10 @@ class Packaged:
 
 
 def _load(model_dir: Path, meta: dict, device: torch.device) -> torch.nn.Module:
-    loader = meta["loader"]
-    if loader == "transformers":
-        from transformers import AutoModelForSequenceClassification
-
-        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(meta["options"].get("dtype"), torch.float32)
-        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
-    if loader == "onnxruntime":
-        from transformers import AutoConfig
-
-        from .ort_session import OrtClassifier
-
-        return OrtClassifier(model_dir / "model.onnx", AutoConfig.from_pretrained(str(model_dir)), device,
-                             meta["options"].get("graph_optimization", "all"))
+    """The packaged artifact through the registry (the same loader as evaluation; `loader` tells other tools)."""
     from .quantize import load_variant
 
-    raw = {"scheme": meta["scheme"], **meta["options"]}
-    return load_variant(meta["variant"], raw, model_dir, device)[0]
+    return load_variant(meta["variant"], {"scheme": meta["scheme"], **meta["options"]}, model_dir, device)[0]
 
 
 def load_packaged(folder: str | Path, device: str = "cpu") -> Packaged:
@@ -100,7 +86,3 @@ def predict_csv(model: Packaged, src: Path, dst: Path, column: str = "text") -> 
         writer.writerow({**row, "label": label})
     write_text(dst, buf.getvalue())
     return len(rows)
-
-
-def as_array(labels: list[str]) -> np.ndarray:
-    return np.asarray(labels, dtype=object)

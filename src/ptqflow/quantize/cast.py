@@ -31,4 +31,5 @@ def load(artifact_dir: Path, options: CastOptions, device: torch.device) -> torc
     return from_artifact(artifact_dir, DTYPES[options.dtype], device)
 
 
-SCHEME = Scheme("cast", CastOptions, quantize, load, "the FP32 model cast to float16 / bfloat16 (half-precision baselines)")
+SCHEME = Scheme("cast", CastOptions, quantize, load, "the FP32 model cast to float16 / bfloat16 (half-precision baselines)",
+                loader="transformers")

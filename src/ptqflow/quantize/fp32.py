@@ -25,4 +25,4 @@ def load(artifact_dir: Path, options: Fp32Options, device: torch.device) -> torc
     return from_artifact(artifact_dir, torch.float32, device)
 
 
-SCHEME = Scheme("fp32", Fp32Options, quantize, load, "full precision (the fine-tuned model as is)")
+SCHEME = Scheme("fp32", Fp32Options, quantize, load, "full precision (the fine-tuned model as is)", loader="transformers")

@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from .. import structure
 from ..calibration import Calibration
+from ..config import check
 from ..errors import PtqflowError
 from .common import load_finetuned, read_weights, runtime_device
 from .registry import Scheme
@@ -51,8 +52,8 @@ class Fp8Options:
     keep_bf16: list[str] = field(default_factory=list)  # projections (name substrings) left in bfloat16
 
     def __post_init__(self) -> None:
-        if self.calibration_rows < 1 or self.calibration_batch_size < 1:
-            raise PtqflowError("params.yaml: calibration_rows and calibration_batch_size must be positive integers")
+        check(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
+        check(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
 
 
 def available(options: Fp8Options, device: torch.device) -> str | None:

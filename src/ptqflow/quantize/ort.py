@@ -17,6 +17,7 @@ must equal the model's projections + head (structure.py).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from typing import Literal
 import torch
 
 from ..errors import PtqflowError
-from ..onnx_export import DATA_FILE, GRAPH_FILE, ExportOptions, export_onnx, need, quiet
+from ..config import check
+from ..onnx_export import DATA_FILE, GRAPH_FILE, ExportOptions, export_onnx, quiet
 from ..structure import expect
 from ..calibration import Calibration
 from .registry import Scheme
@@ -67,9 +69,9 @@ class OrtStaticOptions(ExportOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_op_types(self.op_types)
-        need(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
-        need(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
-        need(50.0 < self.percentile < 100.0, "percentile", "a number in (50, 100)", self.percentile)
+        check(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
+        check(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
+        check(50.0 < self.percentile < 100.0, "percentile", "a number in (50, 100)", self.percentile)
 
 
 @dataclass
@@ -79,13 +81,13 @@ class OrtFp16Options(ExportOptions):
 
 def _check_op_types(op_types: list[str]) -> None:
     bad = [o for o in op_types if o not in QUANTIZABLE]
-    need(bool(op_types) and not bad, "op_types", f"a non-empty list of {', '.join(QUANTIZABLE)}", op_types)
+    check(bool(op_types) and not bad, "op_types", f"a non-empty list of {', '.join(QUANTIZABLE)}", op_types)
 
 
 # ------------------------------------------------------------------------------------------- schemes
 def quantize_fp32(src_dir: Path, out_dir: Path, options: OrtFp32Options) -> dict:
-    info = _export(src_dir, out_dir, options)
-    _save_config(src_dir, out_dir)
+    info = export_onnx(src_dir, out_dir, options)
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")  # labels, pad token: the adapter reads them
     return {"runtime_dtype": "float32", "quantized_tensors": 0, **info}
 
 
@@ -94,13 +96,13 @@ def quantize_dynamic(src_dir: Path, out_dir: Path, options: OrtDynamicOptions) -
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="ptqflow-onnx-") as tmp:
-        info = _export(src_dir, Path(tmp), options)
+        info = export_onnx(src_dir, Path(tmp), options)
         with quiet():
             ort_quantize_dynamic(Path(tmp) / GRAPH_FILE, out_dir / GRAPH_FILE, per_channel=options.per_channel,
                                  reduce_range=options.reduce_range, weight_type=QuantType.QInt8,
                                  op_types_to_quantize=list(options.op_types), use_external_data_format=True,
                                  extra_options=_extra({"MatMulConstBOnly": True}))
-    _save_config(src_dir, out_dir)
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")  # labels, pad token: the adapter reads them
     return {**info, **_counted(out_dir, info, options.op_types, "dynamic"),
             "runtime_dtype": "int8 weights x int8 activations (scales per batch at run time) -> int32; float32 elsewhere"}
 
@@ -111,7 +113,7 @@ def quantize_static(src_dir: Path, out_dir: Path, options: OrtStaticOptions, cal
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory(prefix="ptqflow-onnx-") as tmp:
-        info = _export(src_dir, Path(tmp), options)
+        info = export_onnx(src_dir, Path(tmp), options)
         names = info["onnx"]["inputs"]
         batches = calibration.batches(options.calibration_rows, options.calibration_batch_size)
         feeds = [{n: (b[n] if n in b else torch.zeros_like(b["input_ids"])).numpy() for n in names} for b in batches]
@@ -128,7 +130,7 @@ def quantize_static(src_dir: Path, out_dir: Path, options: OrtStaticOptions, cal
                                 nodes_to_exclude=excluded, reduce_range=options.reduce_range, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=methods[options.method],
                                 use_external_data_format=True, extra_options=_extra(extra))
-    _save_config(src_dir, out_dir)
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")  # labels, pad token: the adapter reads them
     return {**info, **_counted(out_dir, info, options.op_types, options.format),
             "activation_products_kept_float": len(excluded),
             "calibration": {"rows": sum(len(f[names[0]]) for f in feeds), "source": calibration.source,
@@ -141,11 +143,11 @@ def quantize_fp16(src_dir: Path, out_dir: Path, options: OrtFp16Options) -> dict
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with tempfile.TemporaryDirectory(prefix="ptqflow-onnx-") as tmp:
-        info = _export(src_dir, Path(tmp), options)
+        info = export_onnx(src_dir, Path(tmp), options)
         model = convert_float_to_float16(onnx.load(str(Path(tmp) / GRAPH_FILE)), keep_io_types=True)
         onnx.save(model, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=DATA_FILE, size_threshold=1024)
-    _save_config(src_dir, out_dir)
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")  # labels, pad token: the adapter reads them
     return {**info, "runtime_dtype": "float16 (inputs and logits float32 / int64)"}
 
 
@@ -183,17 +185,6 @@ def cuda_only(options: ExportOptions, device: torch.device) -> str | None:
 
 
 # -------------------------------------------------------------------------------------------- helpers
-def _export(src_dir: Path, out_dir: Path, options: ExportOptions) -> dict:
-    return export_onnx(src_dir, out_dir, options)
-
-
-def _save_config(src_dir: Path, out_dir: Path) -> None:
-    """The model's config beside the graph: the adapter reads labels and the pad token from it."""
-    from transformers import AutoConfig
-
-    AutoConfig.from_pretrained(str(src_dir)).save_pretrained(str(out_dir))
-
-
 def activation_products(graph_path: Path) -> list[str]:
     """Names of the MatMul nodes that multiply two activations (attention's Q K^T and softmax x V): no initializer
     among their inputs."""
@@ -239,11 +230,15 @@ class _Reader:
 
 
 FP32 = Scheme("ort_fp32", OrtFp32Options, quantize_fp32, load, "ONNX Runtime, float32 (exported, graph-optimized)",
-              available=any_provider, compiles=False)
+              available=any_provider, compiles=False,
+                loader="onnxruntime")
 INT8_DYNAMIC = Scheme("ort_int8_dynamic", OrtDynamicOptions, quantize_dynamic, load,
-                      "ONNX Runtime quantize_dynamic: int8 weights, activations quantized per batch", available=cpu_only, compiles=False)
+                      "ONNX Runtime quantize_dynamic: int8 weights, activations quantized per batch", available=cpu_only, compiles=False,
+                loader="onnxruntime")
 INT8_STATIC = Scheme("ort_int8_static", OrtStaticOptions, quantize_static, load,
                      "ONNX Runtime quantize_static: int8 weights, activation scales calibrated on validation rows",
-                     available=cpu_only, calibrates=True, compiles=False)
+                     available=cpu_only, calibrates=True, compiles=False,
+                loader="onnxruntime")
 FP16 = Scheme("ort_fp16", OrtFp16Options, quantize_fp16, load, "ONNX Runtime float16 on the CUDA execution provider",
-              available=cuda_only, compiles=False)
+              available=cuda_only, compiles=False,
+                loader="onnxruntime")

@@ -53,6 +53,7 @@ class Scheme:
     available: Callable[[Any, torch.device], str | None] = _always  # why it cannot run on a device, or None
     calibrates: bool = False  # quantize() also takes a Calibration (rows of the validation split)
     compiles: bool = True  # False: load() gives no PyTorch graph to compile (an ONNX Runtime session)
+    loader: str = "ptqflow"  # what loads the artifact without ptqflow: transformers, onnxruntime, or only ptqflow
 
 
 SCHEMES: dict[str, Scheme] = {}
