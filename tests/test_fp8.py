@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptqflow.quantize import load_variant, quantize_variant, unavailable
+from ptqflow.quantize import unavailable
+
+from .w8a8_checks import assert_all_projections_8bit_close_to_fp32
 
 CUDA = torch.device("cuda")
 
@@ -18,7 +20,7 @@ def test_skipped_with_the_reason_on_cpu():
 @pytest.mark.gpu
 @pytest.mark.parametrize("static", [True, False])
 def test_kernel_within_the_e4m3_bound_of_a_float64_reference(static):
-    from ptqflow.quantize.fp8 import Fp8Linear, absmax_scale, to_e4m3
+    from ptqflow.quantize.fp8 import Fp8Linear, Fp8Options, absmax_scale, to_e4m3
 
     if unavailable("f", {"scheme": "fp8"}, CUDA):
         pytest.skip(unavailable("f", {"scheme": "fp8"}, CUDA))
@@ -27,7 +29,7 @@ def test_kernel_within_the_e4m3_bound_of_a_float64_reference(static):
     x = torch.randn(rows, k, device=CUDA, generator=gen).to(torch.bfloat16)
     w = torch.randn(n, k, device=CUDA, generator=gen) * 0.05
     b = torch.randn(n, device=CUDA, generator=gen) * 0.1
-    layer = Fp8Linear(k, n, static, fast_accum=False).to(CUDA)
+    layer = Fp8Linear(k, n, Fp8Options(activations="static" if static else "dynamic")).to(CUDA)
     s_w = absmax_scale(w) if static else absmax_scale(w, dim=1).reshape(1, -1)
     layer.weight_fp8.copy_(to_e4m3(w, s_w if static else s_w.reshape(-1, 1)))
     layer.weight_scale.copy_(s_w)
@@ -83,24 +85,4 @@ def test_static_scales_come_from_validation_rows_and_every_projection_is_stored(
 @pytest.mark.gpu
 @pytest.mark.parametrize("activations", ["static", "dynamic"])
 def test_every_projection_runs_in_fp8_close_to_fp32(tmp_path, activations):
-    from ptqflow.batches import random_batch
-    from ptqflow.benchmark import build_from_config
-    from ptqflow.calibration import random_rows
-
-    from .conftest import GPT2
-    from .families import make_base
-
-    raw = {"scheme": "fp8", "activations": activations, "calibration_rows": 64}
-    if unavailable("f", raw, CUDA):
-        pytest.skip(unavailable("f", raw, CUDA))
-    build_from_config(str(make_base("gpt2", GPT2, tmp_path / "base")), {}, tmp_path / "model")
-    meta = quantize_variant("f", raw, tmp_path / "model", tmp_path / "f", CUDA, calibration=lambda: random_rows(64, 32, 1000, 0))
-    assert meta["quantized_modules"] == 8
-    model, _ = load_variant("f", raw, tmp_path / "f", CUDA)
-    assert model.ptqflow_runtime["fp8_layers"] == 8
-    quantize_variant("fp32", {"scheme": "fp32"}, tmp_path / "model", tmp_path / "fp32", CUDA)
-    ref, _ = load_variant("fp32", {"scheme": "fp32"}, tmp_path / "fp32", CUDA)
-    batch = {k: v.to(CUDA) for k, v in random_batch(8, 32, 1000, seed=3).items()}
-    with torch.no_grad():
-        got, want = model(**batch).logits.float(), ref(**batch).logits.float()
-    assert float((got - want).norm() / want.norm()) < 0.1
+    assert_all_projections_8bit_close_to_fp32({"scheme": "fp8", "activations": activations, "calibration_rows": 64}, tmp_path)

@@ -1,10 +1,10 @@
 """Quantization variants: the registry and its schemes (one module each)."""
 
-from . import ao, bnb, cast, fp8, fp32, int8_dynamic, int8_scratch, ort
+from . import ao, bnb, cast, fp8, fp32, int8_dynamic, int8_scratch, int8_static, ort
 from .registry import SCHEMES, Calibration, Scheme, VariantSkipped, load_variant, quantize_variant, register, resolve, unavailable
 
 for _scheme in (fp32.SCHEME, cast.SCHEME, int8_scratch.SCHEME, int8_dynamic.SCHEME, bnb.INT8, bnb.NF4, ao.SCHEME,
-                ort.FP32, ort.INT8_DYNAMIC, ort.INT8_STATIC, ort.FP16, fp8.SCHEME):
+                ort.FP32, ort.INT8_DYNAMIC, ort.INT8_STATIC, ort.FP16, fp8.SCHEME, int8_static.SCHEME):
     register(_scheme)
 
 __all__ = ["SCHEMES", "Calibration", "Scheme", "VariantSkipped", "load_variant", "quantize_variant", "register", "resolve", "unavailable"]

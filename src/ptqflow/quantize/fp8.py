@@ -15,26 +15,22 @@ else (layer norms, attention, the head) runs in bfloat16. 448 is e4m3's largest 
 e4m3 keeps 3 mantissa bits: |v - e4m3(v)| <= 2^-4 |v| for |v| in the normal range (>= 2^-6), so
 |y - y_ref| <= sum_k |x_k W_jk| ((1 + 2^-4)^2 - 1) + the subnormal floor + bf16 rounding of y (tests use it).
 Calibration rows come from the validation split (calibration.py), never the test split. `keep_bf16` names
-projections (substrings of their module names) that stay in bfloat16; how many ran in fp8 is counted.
+projections (substrings of their module names) that stay in bfloat16; how many ran in fp8 is counted
+(w8a8.py: the calibration, the artifact and the count, shared with int8_static).
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from .. import structure
+from . import w8a8
 from ..calibration import Calibration
 from ..config import check
-from ..errors import PtqflowError
-from .common import load_finetuned, read_weights, runtime_device
 from .registry import Scheme
 
 WEIGHTS_FILE = "model.fp8.safetensors"
@@ -82,9 +78,10 @@ class Fp8Linear(nn.Module):
 
     ptqflow_projection = True  # structure.py counts it as a body projection
 
-    def __init__(self, in_features: int, out_features: int, static: bool, fast_accum: bool):
+    def __init__(self, in_features: int, out_features: int, options: Fp8Options):
         super().__init__()
-        self.in_features, self.out_features, self.static, self.fast_accum = in_features, out_features, static, fast_accum
+        static = options.activations == "static"
+        self.in_features, self.out_features, self.static, self.fast_accum = in_features, out_features, static, options.fast_accum
         self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=FP8))
         self.register_buffer("weight_scale", torch.ones(() if static else (1, out_features), dtype=torch.float32))
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32))  # static: s_x of formula (1)
@@ -106,85 +103,28 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, static={self.static}"
 
 
-@torch.inference_mode()
-def input_absmax(model: nn.Module, names: list[str], batches: list[dict], device: torch.device) -> dict[str, float]:
-    """max |x| of the input of each module in `names` over the calibration batches (formula (1)'s a)."""
-    found = {n: 0.0 for n in names}
-    hooks = []
-    for name in names:
-        def hook(_module, args, name=name):
-            found[name] = max(found[name], float(args[0].detach().abs().max()))
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        for batch in batches:
-            model(**{k: v.to(device) for k, v in batch.items()})
-    finally:
-        for h in hooks:
-            h.remove()
-    return found
+def encode(w: torch.Tensor, options: Fp8Options) -> dict[str, torch.Tensor]:
+    """Formula (2) (static: one scale) or (3) (dynamic: one scale per output row) of a weight W [N, K]."""
+    if options.activations == "static":
+        s_w = absmax_scale(w)
+        return {"weight_fp8": to_e4m3(w, s_w), "weight_scale": s_w}
+    s_w = absmax_scale(w, dim=1)
+    return {"weight_fp8": to_e4m3(w, s_w), "weight_scale": s_w.reshape(1, -1)}
 
 
-def _selected(names: tuple[str, ...], keep: list[str]) -> list[str]:
-    return [n for n in names if not any(k in n for k in keep)]
+def _kernel(options: Fp8Options) -> str:
+    return "torch._scaled_mm" + (" fast-accum" if options.fast_accum else "")
+
+
+CODEC = w8a8.Codec("float8 e4m3", WEIGHTS_FILE, E4M3_MAX, encode, Fp8Linear, _kernel)
 
 
 def quantize(src_dir: Path, out_dir: Path, options: Fp8Options, calibration: Calibration) -> dict:
-    model = load_finetuned(src_dir)
-    n_parameters = model.num_parameters()
-    structure.conv1d_to_linear(model)
-    found = structure.of(model)
-    chosen = _selected(found.projections, options.keep_bf16)
-    device = runtime_device()
-    ranges = {}
-    if options.activations == "static":
-        batches = calibration.batches(options.calibration_rows, options.calibration_batch_size)
-        ranges = input_absmax(model.to(device), chosen, batches, device)
-        model.to("cpu")
-    tensors: dict[str, torch.Tensor] = {}
-    for name in chosen:
-        module = model.get_submodule(name)
-        w = module.weight.detach().float()
-        s_w = absmax_scale(w) if options.activations == "static" else absmax_scale(w, dim=1).reshape(1, -1)
-        tensors[f"{name}.weight_fp8"] = to_e4m3(w, s_w.reshape(-1, 1) if s_w.dim() else s_w).contiguous()
-        tensors[f"{name}.weight_scale"] = s_w.contiguous()
-        tensors[f"{name}.input_scale"] = torch.tensor(max(ranges.get(name, 0.0), 1e-12) / E4M3_MAX, dtype=torch.float32)
-        bias = module.bias if module.bias is not None else torch.zeros(w.shape[0])
-        tensors[f"{name}.bias"] = bias.detach().to(torch.bfloat16).contiguous()
-        structure.replace_module(model, name, nn.Identity())
-    tensors.update({k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k not in tensors})
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"fp8_layers": ",".join(chosen)})
-    shutil.copy(src_dir / "config.json", out_dir / "config.json")
-    return {
-        "runtime_dtype": f"float8 e4m3 weights x float8 activations ({options.activations} scales) in {len(chosen)} "
-                         "projections, scales in the GEMM epilogue; bfloat16 elsewhere",
-        "quantized_modules": len(chosen),
-        "kept_bf16": [n for n in found.projections if n not in chosen],
-        "kept_full_precision": list(found.head),
-        "calibration": ({"rows": sum(len(b["input_ids"]) for b in batches), "source": calibration.source}
-                        if options.activations == "static" else None),
-        "n_parameters": n_parameters,
-    }
+    return w8a8.quantize(src_dir, out_dir, options, calibration, CODEC)
 
 
 def load(artifact_dir: Path, options: Fp8Options, device: torch.device) -> torch.nn.Module:
-    path = artifact_dir / WEIGHTS_FILE
-    tensors, meta = read_weights(path)
-    layers = [n for n in (meta.get("fp8_layers") or "").split(",") if n]
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(artifact_dir))).to(torch.bfloat16)
-    structure.conv1d_to_linear(model)
-    for name in layers:
-        k, n = structure.in_out_features(model.get_submodule(name))
-        structure.replace_module(model, name, Fp8Linear(k, n, options.activations == "static", options.fast_accum))
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise PtqflowError(f"{path}: does not match the model config ({str(exc).splitlines()[0]})") from None
-    model = model.to(device)
-    fp8 = sum(isinstance(m, Fp8Linear) for m in model.modules())
-    structure.expect(fp8, len(layers), "float8 projections", str(path))
-    model.ptqflow_runtime = {"kernel": "torch._scaled_mm", "fp8_layers": fp8, "activations": options.activations,
-                             "bf16_layers": len(structure.of(model).projections) - fp8, "fast_accum": options.fast_accum}
-    return model
+    return w8a8.load(artifact_dir, options, device, CODEC)
 
 
 SCHEME = Scheme("fp8", Fp8Options, quantize, load,

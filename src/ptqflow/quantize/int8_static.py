@@ -1,0 +1,116 @@
+"""`int8_static` (W8A8, CUDA GPUs): int8 weights and int8 activations with a *calibrated* per-tensor activation
+scale, so quantizing an activation costs a multiply, a round and a cast that torch.compile fuses into the
+kernel producing it (no absmax pass at run time, unlike `int8_dynamic`). Each body projection
+y = x W^T + b (W: [N, K]) becomes:
+
+    weights, per output channel j:  s_w[j] = max_k |W[j, k]| / 127,   Wq = round(W / s_w) in [-127, 127]     (1)
+    activations, per tensor:        s_x = a / 127 (a: w8a8.py formula (1), validation rows),
+                                    xq = clamp(round(x / s_x), -127, 127)                                  (2)
+    product:                        y[t, j] = bf16( s_x s_w[j] sum_k xq[t, k] Wq[j, k] + b[j] )            (3)
+
+(3) runs in one kernel (`kernel: triton`, int8_gemm.py: exact int32 accumulation, scale, bias and cast in the
+epilogue) or, to measure what the fusion buys, as `torch._int_mm` then a float rescale (`kernel: int_mm`:
+the int32 result goes through memory). Within the calibrated range |x - s_x xq| <= s_x / 2 and
+|W - s_w Wq| <= s_w / 2 elementwise; activations beyond it saturate at +-127 s_x. Everything else (layer
+norms, attention, the head) runs in bfloat16; `keep_bf16` leaves named projections there too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from . import w8a8
+from ..calibration import Calibration
+from ..config import check
+from .common import absmax_int8_rows
+from .registry import Scheme
+
+WEIGHTS_FILE = "model.int8static.safetensors"
+INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows
+
+
+@dataclass
+class Int8StaticOptions:
+    activations: Literal["static"] = "static"  # per-tensor scales calibrated once (int8_dynamic: per token at run time)
+    kernel: Literal["triton", "int_mm"] = "triton"
+    calibration_rows: int = 256  # validation rows the activation ranges are fitted on
+    calibration_batch_size: int = 16
+    keep_bf16: list[str] = field(default_factory=list)  # projections (name substrings) left in bfloat16
+
+    def __post_init__(self) -> None:
+        check(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
+        check(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
+
+
+def available(options: Int8StaticOptions, device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return "int8 static W8A8 runs its int8 GEMM on a CUDA GPU (Triton kernel or cuBLASLt); this machine has none"
+    if options.kernel == "triton":
+        from ..int8_gemm import missing
+
+        return missing()
+    return None
+
+
+class Int8StaticLinear(nn.Module):
+    """y = x W^T + b by formulas (1)-(3); bfloat16 in and out."""
+
+    ptqflow_projection = True  # structure.py counts it as a body projection
+
+    def __init__(self, in_features: int, out_features: int, options: Int8StaticOptions):
+        super().__init__()
+        self.in_features, self.out_features, self.kernel = in_features, out_features, options.kernel
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("input_scale", torch.ones((), dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        xq = torch.round(x2.float() / self.input_scale).clamp(-127, 127).to(torch.int8)  # formula (2)
+        if self.kernel == "triton":
+            from ..int8_gemm import int8_gemm_rescale
+
+            y = int8_gemm_rescale(xq, self.weight_int8, self.input_scale, self.weight_scale, self.bias)
+        else:
+            rows = xq.shape[0]
+            if rows < INT_MM_MIN_ROWS:
+                xq = torch.nn.functional.pad(xq, (0, 0, 0, INT_MM_MIN_ROWS - rows))
+            acc = torch._int_mm(xq, self.weight_int8.t())[:rows]
+            y = (acc.float() * (self.input_scale * self.weight_scale) + self.bias.float()).to(torch.bfloat16)
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
+
+
+def encode(w: torch.Tensor, options: Int8StaticOptions) -> dict[str, torch.Tensor]:
+    """Formula (1) of a weight W [N, K]."""
+    q, s_w = absmax_int8_rows(w)
+    return {"weight_int8": q, "weight_scale": s_w}
+
+
+def _kernel(options: Int8StaticOptions) -> str:
+    return "Triton int8 GEMM, rescale + bias fused" if options.kernel == "triton" else "torch._int_mm + float rescale"
+
+
+CODEC = w8a8.Codec("int8", WEIGHTS_FILE, 127.0, encode, Int8StaticLinear, _kernel)
+
+
+def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibration: Calibration) -> dict:
+    return w8a8.quantize(src_dir, out_dir, options, calibration, CODEC)
+
+
+def load(artifact_dir: Path, options: Int8StaticOptions, device: torch.device) -> nn.Module:
+    return w8a8.load(artifact_dir, options, device, CODEC)
+
+
+SCHEME = Scheme("int8_static", Int8StaticOptions, quantize, load,
+                "W8A8 int8 with calibrated per-tensor activation scales; int8 GEMM with the rescale in its epilogue (Triton)",
+                available=available, calibrates=True)

@@ -1,0 +1,121 @@
+"""What the GPU W8A8 schemes share (fp8.py: float8 e4m3 through `torch._scaled_mm`; int8_static.py: int8 through
+a Triton kernel): calibrating static activation scales, choosing the projections, writing and loading the
+artifact. A scheme supplies a `Codec`: how it encodes a weight and which layer runs the product.
+
+    static activation scale of a projection, per tensor, on the calibration rows (validation split):
+        a = max over calibration batches of max_{t,k} |x[t, k]|,     s_x = a / Q                        (1)
+    (Q = the largest code: 448 for e4m3, 127 for int8). At run time x -> code(x / s_x) is a multiply, a
+    clamp and a cast that torch.compile fuses into the kernel that produced x (layer norm, GELU).
+
+Every body projection structure.py finds is quantized except those whose module name contains one of
+`keep_bf16`; the head and everything else run in bfloat16. What ran in 8 bits is counted at load.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .. import structure
+from ..calibration import Calibration
+from ..errors import PtqflowError
+from .common import load_finetuned, read_weights, runtime_device, skeleton
+
+
+@dataclass(frozen=True)
+class Codec:
+    label: str  # "float8 e4m3", "int8"
+    weights_file: str
+    qmax: float  # Q of formula (1)
+    encode: Callable[[torch.Tensor, Any], dict[str, torch.Tensor]]  # W [N, K] float32 -> the layer's weight buffers
+    layer: type[nn.Module]  # layer(K in, N out, options): empty buffers weight*, input_scale, bias
+    kernel: Callable[[Any], str]  # options -> what runs the product (recorded)
+
+
+def is_static(options: Any) -> bool:
+    return getattr(options, "activations", "static") == "static"
+
+
+@torch.inference_mode()
+def input_absmax(model: nn.Module, names: list[str], batches: list[dict], device: torch.device) -> dict[str, float]:
+    """max |x| of the input of each module in `names` over the calibration batches (formula (1)'s a)."""
+    found = {n: 0.0 for n in names}
+    hooks = []
+    for name in names:
+        def hook(_module, args, name=name):
+            found[name] = max(found[name], float(args[0].detach().abs().max()))
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        for batch in batches:
+            model(**{k: v.to(device) for k, v in batch.items()})
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def quantize(src_dir: Path, out_dir: Path, options: Any, calibration: Calibration, codec: Codec) -> dict:
+    """Write the artifact: the chosen projections' weight codes and scales, s_x (1) when static, bfloat16 rest."""
+    model = load_finetuned(src_dir)
+    n_parameters = model.num_parameters()
+    structure.conv1d_to_linear(model)
+    found = structure.of(model)
+    chosen = [n for n in found.projections if not any(k in n for k in options.keep_bf16)]
+    ranges, batches = {}, []
+    if is_static(options):
+        device = runtime_device()
+        batches = calibration.batches(options.calibration_rows, options.calibration_batch_size)
+        ranges = input_absmax(model.to(device), chosen, batches, device)
+        model.to("cpu")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in chosen:
+        module = model.get_submodule(name)
+        w = module.weight.detach().float()
+        tensors.update({f"{name}.{k}": v.contiguous() for k, v in codec.encode(w, options).items()})
+        tensors[f"{name}.input_scale"] = torch.tensor(max(ranges.get(name, 0.0), 1e-12) / codec.qmax, dtype=torch.float32)
+        bias = module.bias if module.bias is not None else torch.zeros(w.shape[0])
+        tensors[f"{name}.bias"] = bias.detach().to(torch.bfloat16).contiguous()
+        structure.replace_module(model, name, nn.Identity())
+    tensors.update({k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k not in tensors})
+    save_file(tensors, str(out_dir / codec.weights_file), metadata={"w8a8_layers": ",".join(chosen)})
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")
+    scales = "static calibrated" if is_static(options) else "dynamic per-row"
+    return {
+        "runtime_dtype": f"{codec.label} weights x {codec.label} activations ({scales} scales) in {len(chosen)} "
+                         f"projections, scales in the GEMM epilogue ({codec.kernel(options)}); bfloat16 elsewhere",
+        "quantized_modules": len(chosen),
+        "kept_bf16": [n for n in found.projections if n not in chosen],
+        "kept_full_precision": list(found.head),
+        "calibration": ({"rows": sum(len(b["input_ids"]) for b in batches), "source": calibration.source}
+                        if is_static(options) else None),
+        "n_parameters": n_parameters,
+    }
+
+
+def load(artifact_dir: Path, options: Any, device: torch.device, codec: Codec) -> nn.Module:
+    """The artifact as a bfloat16 model whose chosen projections are `codec.layer`s; every one counted."""
+    path = artifact_dir / codec.weights_file
+    tensors, meta = read_weights(path)
+    layers = [n for n in (meta.get("w8a8_layers") or "").split(",") if n]
+    model = skeleton(artifact_dir, torch.bfloat16)
+    structure.conv1d_to_linear(model)
+    for name in layers:
+        k, n = structure.in_out_features(model.get_submodule(name))
+        structure.replace_module(model, name, codec.layer(k, n, options))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise PtqflowError(f"{path}: does not match the model config ({str(exc).splitlines()[0]})") from None
+    model = model.to(device)
+    quantized = sum(isinstance(m, codec.layer) for m in model.modules())
+    structure.expect(quantized, len(layers), f"{codec.label} projections", str(path))
+    model.ptqflow_runtime = {"kernel": codec.kernel(options), "w8a8_layers": quantized,
+                             "activations": getattr(options, "activations", "static"),
+                             "bf16_layers": len(structure.of(model).projections) - quantized}
+    return model

@@ -1,0 +1,81 @@
+"""int8 W8A8 with calibrated static activation scales (`int8_static`): the layer against a float64 reference
+within the int8 rounding bound (the `int_mm` path on the CPU, the fused Triton kernel on a GPU), the artifact's
+codes and scales, every projection counted; skipped with the reason without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptqflow.quantize import unavailable
+
+from .w8a8_checks import assert_all_projections_8bit_close_to_fp32
+
+CUDA = torch.device("cuda")
+
+
+def test_skipped_with_the_reason_on_cpu():
+    assert "CUDA GPU" in unavailable("i", {"scheme": "int8_static"}, torch.device("cpu"))
+
+
+def _bound_check(kernel: str, device: torch.device) -> None:
+    from ptqflow.quantize.int8_static import Int8StaticLinear, Int8StaticOptions, encode
+
+    gen = torch.Generator(device=device.type).manual_seed(0)
+    k, n, rows = 768, 2304, 200
+    x = torch.randn(rows, k, device=device, generator=gen).to(torch.bfloat16)
+    w = torch.randn(n, k, device=device, generator=gen) * 0.05
+    b = torch.randn(n, device=device, generator=gen) * 0.1
+    options = Int8StaticOptions(kernel=kernel)
+    layer = Int8StaticLinear(k, n, options).to(device)
+    for name, t in encode(w, options).items():
+        getattr(layer, name).copy_(t)
+    a = float(x.float().abs().max())
+    layer.input_scale.fill_(a / 127)
+    layer.bias.copy_(b.to(torch.bfloat16))
+    with torch.no_grad():
+        y = layer(x).double()
+    xd, wd = x.double(), w.double()
+    ref = xd @ wd.t() + b.to(torch.bfloat16).double()
+    s_x, s_w = layer.input_scale.double(), layer.weight_scale.double().reshape(1, -1)
+    # |x - s_x xq| <= s_x / 2, |w - s_w wq| <= s_w / 2 (no saturation: the scale covers max |x|), exact int32 sums
+    err = xd.abs().sum(1, keepdim=True) * s_w / 2 + s_x / 2 * wd.abs().sum(1).reshape(1, -1) + k * s_x * s_w / 4
+    bound = err + 2.0**-8 * (ref.abs() + err) + 1e-6  # + the bfloat16 output rounding, fp32 rescale
+    assert bool(((y - ref).abs() <= bound).all()), float(((y - ref).abs() - bound).max())
+    assert float((y - ref).abs().mean()) < 0.05 * float(ref.abs().mean())
+
+
+def test_int_mm_path_within_the_int8_bound_of_a_float64_reference():
+    _bound_check("int_mm", torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_fused_triton_kernel_within_the_int8_bound_of_a_float64_reference():
+    if unavailable("i", {"scheme": "int8_static"}, CUDA):
+        pytest.skip(unavailable("i", {"scheme": "int8_static"}, CUDA))
+    _bound_check("triton", CUDA)
+
+
+def test_codes_and_calibrated_scales_are_stored_for_every_projection(tiny_trained, tiny_prepared, tmp_path):
+    from safetensors import safe_open
+
+    from ptqflow.calibration import for_model
+    from ptqflow.quantize import int8_static
+    from ptqflow.quantize.registry import resolve
+
+    _, options = resolve("i", {"scheme": "int8_static", "calibration_rows": 32, "keep_bf16": ["attn.c_proj"]})
+    (tmp_path / "i").mkdir()
+    meta = int8_static.quantize(tiny_trained, tmp_path / "i", options, for_model(tiny_prepared, tiny_trained))
+    assert meta["quantized_modules"] == 6 and len(meta["kept_bf16"]) == 2 and meta["kept_full_precision"] == ["score"]
+    assert meta["calibration"]["rows"] == 32 and "validation" in meta["calibration"]["source"]
+    with safe_open(str(tmp_path / "i" / int8_static.WEIGHTS_FILE), framework="pt") as f:
+        codes = [k for k in f.keys() if k.endswith(".weight_int8")]
+        assert len(codes) == 6 and all(f.get_tensor(k).dtype == torch.int8 for k in codes)
+        assert all(int(f.get_tensor(k).abs().max()) == 127 for k in codes)
+        assert all(float(f.get_tensor(k)) > 0 for k in f.keys() if k.endswith(".input_scale"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["triton", "int_mm"])
+def test_every_projection_runs_in_int8_close_to_fp32(tmp_path, kernel):
+    assert_all_projections_8bit_close_to_fp32({"scheme": "int8_static", "kernel": kernel, "calibration_rows": 64}, tmp_path)
