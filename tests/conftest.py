@@ -15,6 +15,8 @@ TINY = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 64}
 
 os.environ.setdefault("PTQFLOW_TRACKING", "0")  # tests that need MLflow switch it on themselves
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each (and for the stages they start)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -78,3 +80,15 @@ def fp32_artifact(tmp_path_factory, tiny_trained) -> Path:
     out = tmp_path_factory.mktemp("fp32") / "fp32"
     quantize_variant("fp32", {"scheme": "fp32"}, tiny_trained, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def e2e_project(tmp_path_factory, shared):
+    """One `dvc repro` of a tiny copy of the project, shared by the end-to-end tests (pipeline_project.py); under
+    pytest-xdist they are one group (`xdist_group("e2e-project")`), so one worker runs it once."""
+    from .pipeline_project import SKIPPED, VARIANTS, make_project, run
+
+    root = tmp_path_factory.mktemp("project")
+    env = make_project(root, shared, VARIANTS + SKIPPED)
+    out = run(["dvc", "repro"], root, env)
+    return root, env, out

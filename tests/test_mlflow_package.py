@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .test_pipeline import make_project, run
+from .pipeline_project import make_project, run
 
 pytestmark = pytest.mark.slow
 MODEL_NAME = "ptqflow-test-classifier"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 from datasets import Dataset, DatasetDict
-from sklearn.model_selection import train_test_split
 
 from .config import DataParams
 from .errors import PtqflowError
@@ -176,6 +175,8 @@ def stratified_take(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     """A seeded, label-stratified subset of n rows (all rows when n is None or >= len)."""
     if n is None or n >= len(df):
         return df
+    from sklearn.model_selection import train_test_split  # only the prepare stage splits: others skip its import
+
     kept, _ = train_test_split(df, train_size=n, stratify=_stratify(df), random_state=seed)
     return kept.sort_index().reset_index(drop=True)
 
@@ -203,6 +204,8 @@ def split_frames(frames: dict[str, pd.DataFrame], params: DataParams) -> tuple[d
     n_val = max(int(round(len(train) * params.val_fraction)), train["label"].nunique())
     if n_val >= len(train):
         raise PtqflowError(f"data.val_fraction {params.val_fraction} leaves no training rows out of {len(train)}")
+    from sklearn.model_selection import train_test_split
+
     tr, val = train_test_split(train, test_size=n_val, stratify=_stratify(train), random_state=params.seed)
     return {"train": tr.reset_index(drop=True), "validation": val.reset_index(drop=True), "test": test}, counts
 

@@ -11,7 +11,11 @@ class PtqflowError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run an entry point; a PtqflowError becomes `error: <message>` on stderr and exit status 2."""
+    """Run an entry point with the quiet console (console.py); a PtqflowError becomes `error: <message>` on
+    stderr and exit status 2."""
+    from .console import quiet
+
+    quiet()
     try:
         main()
     except PtqflowError as exc:

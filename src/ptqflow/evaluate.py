@@ -11,15 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from .batches import pad_batch
 from .config import EvalParams
-from .data import load_prepared
 from .machine import environment
 from .modeling import pick_device
 from .quantize import VariantSkipped, load_variant
@@ -28,25 +27,36 @@ from .quantize.common import WEIGHT_FILES_NOTE, weights_bytes
 from .sizes import memory_footprint, model_device, size_record
 from .structure import uses_token_types
 
+if TYPE_CHECKING:  # pandas, scikit-learn and datasets are imported when used: a skipped variant needs none of them
+    import pandas as pd
+
 
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module, input_ids: list[list[int]], batch_size: int, pad_id: int, desc: str = "predict",
     length: int | None = None, token_types: list[list[int]] | None = None,
 ) -> np.ndarray:
-    """Arg-max class of each example, in order; batches padded to `length` (default: their longest row)."""
+    """Arg-max class of each example, in the given order. The rows are run longest first, so that each batch,
+    padded to its own longest row, holds rows of about one length (little padding computed); with `length`
+    (compiled variants: one shape to compile) every batch is padded to it instead."""
     device = model_device(model)
-    preds = []
-    for start in tqdm(range(0, len(input_ids), batch_size), desc=desc, unit="batch"):
-        types = token_types[start : start + batch_size] if token_types is not None else None
-        batch = pad_batch(input_ids[start : start + batch_size], pad_id, length, types)
+    input_ids = list(input_ids)  # a datasets Column reads Arrow on every index
+    token_types = list(token_types) if token_types is not None else None
+    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
+    preds = np.zeros(len(input_ids), dtype=np.int64)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        rows = order[start : start + batch_size]
+        types = [token_types[i] for i in rows] if token_types is not None else None
+        batch = pad_batch([input_ids[i] for i in rows], pad_id, length, types)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        preds.append(logits.argmax(-1).cpu().numpy())
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=int)
+        preds[rows] = logits.argmax(-1).cpu().numpy()
+    return preds
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     """Accuracy, macro P/R/F1, per-class P/R/F1/support/one-vs-rest accuracy, and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     labels = list(range(len(classes)))
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     pc, rc, fc, sc = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
@@ -76,13 +86,17 @@ def evaluate_variant(
     variant: str, raw_variant: dict, artifact_dir: str | Path, prepared_dir: str | Path, params: EvalParams
 ) -> tuple[dict, pd.DataFrame]:
     """Details JSON and a predictions frame (actual, predicted class names) for one variant."""
+    import pandas as pd
+
     device = pick_device(params.device)
-    data, meta = load_prepared(prepared_dir)
-    classes, test = meta["classes"], data["test"]
     try:
         model, qmeta = load_variant(variant, raw_variant, artifact_dir, device)
     except VariantSkipped as exc:
         return skipped_metrics(variant, raw_variant, str(exc), device), pd.DataFrame({"actual": [], "predicted": []})
+    from .data import load_prepared
+
+    data, meta = load_prepared(prepared_dir)
+    classes, test = meta["classes"], data["test"]
     pad_id = model.config.pad_token_id
     compiled = run_options(variant, raw_variant).compile
 

@@ -53,16 +53,19 @@ def command_line() -> str:
     return " ".join(argv)
 
 
-def environment(device: torch.device) -> dict:
-    """Device and library versions to record beside every measurement."""
-    import transformers
+def installed_version(package: str) -> str | None:
+    """The installed distribution's version, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        import bitsandbytes
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
-        bnb_version = bitsandbytes.__version__
-    except Exception:  # noqa: BLE001 - reported, not required
-        bnb_version = None
+
+def environment(device: torch.device) -> dict:
+    """Device and library versions to record beside every measurement (read from the installed packages'
+    metadata: importing bitsandbytes only to ask its version costs seconds)."""
     env = {
         "command": command_line(),
         "device": device.type,
@@ -70,8 +73,8 @@ def environment(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "bitsandbytes": bnb_version,
+        "transformers": installed_version("transformers"),
+        "bitsandbytes": installed_version("bitsandbytes"),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
     if device.type == "cpu":

@@ -11,14 +11,18 @@ set on tokenizer and model config in `configure_padding`, this one place.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import difflib
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from .config import ModelParams
 from .errors import PtqflowError
+
+if TYPE_CHECKING:  # transformers is imported where it is used: `pick_device` alone should not pay for it
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 HUB_HINT = (
     "the Hugging Face Hub is not reachable from here; set model.init: scratch in params.yaml "
@@ -29,6 +33,8 @@ HUB_HINT = (
 
 def load_tokenizer(base: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer from the base folder (or Hub id), with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(str(base))
     except (OSError, ValueError) as exc:
@@ -52,6 +58,8 @@ def configure_padding(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module
 
 def load_config(params: ModelParams) -> PretrainedConfig:
     """The architecture's config: `model.base` (scratch, with `model.overrides`) or `model.pretrained`."""
+    from transformers import AutoConfig
+
     source = params.base if params.init == "scratch" else params.pretrained
     if params.init == "pretrained" and not Path(source).exists():
         from .assets import require_hub
@@ -129,6 +137,8 @@ def checked_tokenizer(params: ModelParams, max_length: int) -> PreTrainedTokeniz
 def build_model(params: ModelParams, classes: list[str], pad_token_id: int) -> torch.nn.Module:
     """An AutoModelForSequenceClassification with len(classes) labels: fresh weights from the config (scratch)
     or `from_pretrained(params.pretrained)` (Hub id or local folder; the head freshly initialised)."""
+    from transformers import AutoModelForSequenceClassification
+
     config = load_config(params)
     config.num_labels = len(classes)
     config.id2label = dict(enumerate(classes))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 LEVELS = ("disable", "basic", "extended", "all")
 
@@ -75,6 +74,8 @@ class OrtClassifier(torch.nn.Module):
                  "token_type_ids": token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)}
         feeds = {n: given[n].detach().cpu().numpy().astype(np.int64, copy=False) for n in self.inputs}
         logits = self.session.run(["logits"], feeds)[0]
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
         return SequenceClassifierOutput(logits=torch.from_numpy(logits).to(self.anchor.device))
 
 

@@ -25,11 +25,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from .errors import PtqflowError
 
-PROJECTION_TYPES = (nn.Linear, Conv1D)
+
+def _conv1d() -> type:
+    """transformers' Conv1D class, imported on first use (a stage that only reports a skip never needs it)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,9 @@ def of(model: nn.Module) -> Structure:
     except (NotImplementedError, AttributeError):
         input_table = None
     for name, module in model.named_modules():
-        if isinstance(module, PROJECTION_TYPES) or _is_quantized_projection(module):
+        if isinstance(module, (nn.Linear, _conv1d())) or _is_quantized_projection(module):
             (projections if inside(name) else head).append(name)
-            if isinstance(module, Conv1D) and inside(name):
+            if isinstance(module, _conv1d()) and inside(name):
                 conv1d.append(name)
         elif inside(name) and (isinstance(module, nn.Embedding) or _is_quantized_embedding(module)):
             tables[name] = _role(module, input_table, config)
@@ -120,7 +124,7 @@ def position_limit(config) -> int | None:
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """A projection's weight as [out, in]: nn.Linear stores it so; GPT-2's Conv1D stores [in, out]."""
-    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+    return module.weight.t() if isinstance(module, _conv1d()) else module.weight
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:

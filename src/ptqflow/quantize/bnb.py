@@ -28,8 +28,6 @@ from typing import Literal
 
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
-from transformers.utils import logging as hf_logging
 
 from .. import structure
 from ..errors import PtqflowError
@@ -59,10 +57,14 @@ class Nf4BnbOptions:
 
 
 def int8_config(options: Int8BnbOptions, head: list[str]) -> BitsAndBytesConfig:
+    from transformers import BitsAndBytesConfig
+
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=options.llm_int8_threshold, llm_int8_skip_modules=head)
 
 
 def nf4_config(options: Nf4BnbOptions, head: list[str]) -> BitsAndBytesConfig:
+    from transformers import BitsAndBytesConfig
+
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=options.quant_type,
@@ -108,6 +110,8 @@ def check_cpu_4bit_shapes(model: torch.nn.Module, device: torch.device) -> None:
 
 
 def _quantize_with(make_config, embeddings: EmbeddingMode, src_dir: Path, out_dir: Path) -> dict:
+    from transformers import AutoModelForSequenceClassification
+
     fp_model = load_finetuned(src_dir)
     found = structure.of(fp_model)
     expected = len(found.projections)
@@ -140,6 +144,8 @@ def _float_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def load_quantized(artifact_dir: Path, embeddings: EmbeddingMode, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
     quiet = _quiet_transformers() if embeddings != "keep" else contextlib.nullcontext()
     with quiet:  # the embeddings are not in the bitsandbytes checkpoint: transformers would warn they are "newly initialized"
         model = AutoModelForSequenceClassification.from_pretrained(str(artifact_dir), device_map=device.type)
@@ -165,6 +171,8 @@ def _stored_embeddings(artifact_dir: Path, device: torch.device, tables: list[st
 
 @contextlib.contextmanager
 def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:

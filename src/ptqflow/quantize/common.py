@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ..errors import PtqflowError
 from ..io import dir_size_bytes
@@ -37,6 +36,8 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The fine-tuned model; a damaged or truncated weights file is reported, never loaded as garbage."""
+    from transformers import AutoModelForSequenceClassification
+
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(src_dir), dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - safetensors/transformers raise many types for damaged files
@@ -47,12 +48,16 @@ def load_finetuned(src_dir: Path, device: torch.device | str = "cpu", dtype: tor
 
 def skeleton(artifact_dir: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The artifact's architecture with fresh weights, to load stored tensors into (AutoConfig decides the class)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     config = AutoConfig.from_pretrained(str(artifact_dir))
     return AutoModelForSequenceClassification.from_config(config, dtype=dtype)
 
 
 def from_artifact(artifact_dir: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     """A plain Hugging Face artifact (fp32 / cast), in `dtype` on `device`."""
+    from transformers import AutoModelForSequenceClassification
+
     return AutoModelForSequenceClassification.from_pretrained(str(artifact_dir), dtype=dtype).to(device)
 
 

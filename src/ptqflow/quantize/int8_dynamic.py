@@ -36,7 +36,6 @@ from typing import Literal
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from .. import structure
 
@@ -174,6 +173,8 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8DynamicOptions) -> dict:
 def build_skeleton(config, options: Int8DynamicOptions, tensors: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, int]:
     """The model with Int8DynamicLinear / QuantizedEmbedding modules in place, ready for `load_state_dict`,
     and how many projections its structure has."""
+    from transformers import AutoModelForSequenceClassification
+
     dtype = DTYPES[options.dtype]
     model = AutoModelForSequenceClassification.from_config(config).to(dtype)
     names = structure.of(model).projections
@@ -190,6 +191,8 @@ def load(artifact_dir: Path, options: Int8DynamicOptions, device: torch.device) 
         torch.backends.quantized.engine = "fbgemm"
     path = artifact_dir / WEIGHTS_FILE
     tensors, _ = read_weights(path)
+    from transformers import AutoConfig
+
     model, expected = build_skeleton(AutoConfig.from_pretrained(str(artifact_dir)), options, tensors)
     try:
         model.load_state_dict(tensors, strict=True)

@@ -1,0 +1,48 @@
+"""What a stage shows on the console: its own progress bars and its one result line. This is the one place
+where known, non-actionable messages of other libraries are dropped; every other warning still shows.
+
+Dropped (each is a library telling about an optional part it can do without; none asks anything of a user):
+- torchao, on import: "Failed to load .../torchao/_C_*.so": its optional CUDA / MX kernels, which a CPU build
+  of torch cannot load. Its CPU paths do not use them.
+- torch.utils._pytree: "<enum ...> is an Enum subclass and is now natively supported by torch.compile ...":
+  torchao registers its Enums with pytree, which torch 2.13 deprecates (torchao's code, not ours).
+- bitsandbytes, CPU backend: "Failed to load CPU gemm_4bit_forward from kernels-community": an optional
+  downloaded kernel (the `kernels` package, needs the Hub); bitsandbytes uses its own NF4 kernel instead.
+- transformers' per-file progress bars ("Loading weights", "Writing model shards"): a bar per small file,
+  not a step a user waits on. Our own long steps (training, evaluation, the benchmark) keep theirs.
+
+`PTQFLOW_VERBOSE=1` shows everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+KNOWN_NOISE: dict[str, tuple[str, ...]] = {  # logger name -> substrings of the messages dropped there
+    "torchao": ("Failed to load ",),
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+}
+
+
+class _DropKnown(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(f in message for f in self.fragments)
+
+
+def quiet() -> None:
+    """Install the filters above (before the libraries are imported: loggers exist by name) and switch off
+    transformers' per-file progress bars. Idempotent; does nothing with PTQFLOW_VERBOSE=1."""
+    if os.environ.get("PTQFLOW_VERBOSE") == "1":
+        return
+    for name, fragments in KNOWN_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnown) for f in logger.filters):
+            logger.addFilter(_DropKnown(fragments))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by huggingface_hub and transformers on import
