@@ -3,8 +3,12 @@ the one `dvc repro` of it that test_pipeline.py's tests share (conftest.py's ses
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -57,3 +61,49 @@ def mlflow_runs(root: Path, env: dict) -> list[dict]:
         " for _, r in df.iterrows()]))"
     )
     return json.loads(run([sys.executable, "-c", code], root, env).strip().splitlines()[-1])
+
+
+def stage_commands(root: Path, skip: tuple[str, ...] = ("package",)) -> list[list[str]]:
+    """The commands of the project's dvc.yaml stages in file order (the order of the DAG), `foreach` expanded
+    over params.yaml's variants."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    variants = yaml.safe_load((root / "params.yaml").read_text())["variants"]
+    commands = []
+    for name, stage in stages.items():
+        if name in skip:
+            continue
+        if "foreach" in stage:
+            commands += [stage["do"]["cmd"].replace("${key}", v) for v in variants]
+        else:
+            commands.append(stage["cmd"])
+    return [shlex.split(c) for c in commands]
+
+
+def run_in_process(root: Path, env: dict, commands: list[list[str]]) -> str:
+    """Run stage commands (`python stages/x.py ...`, `python -m ptqflow ...`) in this process, one after the
+    other in `root` with `env`: the same scripts DVC runs, without a process start per stage (torch and
+    transformers are imported once). Returns what they printed; a failing stage fails the test with it."""
+    saved_env, saved_argv, saved_cwd = dict(os.environ), list(sys.argv), os.getcwd()
+    printed = io.StringIO()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(root)
+    try:
+        for cmd in commands:
+            assert cmd[0] == "python", cmd
+            module = cmd[2] if cmd[1] == "-m" else None
+            sys.argv = [module or cmd[1], *cmd[(3 if module else 2):]]
+            try:
+                with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                    if module:
+                        runpy.run_module(module, run_name="__main__", alter_sys=True)
+                    else:
+                        runpy.run_path(cmd[1], run_name="__main__")
+            except SystemExit as exc:
+                assert not exc.code, f"{' '.join(cmd)} exited with {exc.code}:\n{printed.getvalue()[-3000:]}"
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return printed.getvalue()

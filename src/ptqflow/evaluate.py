@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batches import pad_batch
+from .batches import longest_first, pad_batch
 from .config import EvalParams
 from .machine import environment
 from .modeling import pick_device
@@ -36,16 +36,14 @@ def predict(
     model: torch.nn.Module, input_ids: list[list[int]], batch_size: int, pad_id: int, desc: str = "predict",
     length: int | None = None, token_types: list[list[int]] | None = None,
 ) -> np.ndarray:
-    """Arg-max class of each example, in the given order. The rows are run longest first, so that each batch,
-    padded to its own longest row, holds rows of about one length (little padding computed); with `length`
-    (compiled variants: one shape to compile) every batch is padded to it instead."""
+    """Arg-max class of each example, in the given order. The rows run longest first (batches.longest_first),
+    each batch padded to its own longest row; with `length` (compiled variants: one shape to compile) every
+    batch is padded to it instead."""
     device = model_device(model)
     input_ids = list(input_ids)  # a datasets Column reads Arrow on every index
     token_types = list(token_types) if token_types is not None else None
-    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
     preds = np.zeros(len(input_ids), dtype=np.int64)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        rows = order[start : start + batch_size]
+    for rows in tqdm(longest_first([len(r) for r in input_ids], batch_size), desc=desc, unit="batch"):
         types = [token_types[i] for i in rows] if token_types is not None else None
         batch = pad_batch([input_ids[i] for i in rows], pad_id, length, types)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits

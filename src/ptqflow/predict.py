@@ -2,7 +2,7 @@
 
 The model is loaded by ptqflow's registry from the packaged artifact, as evaluation loads it (package.json's
 `loader` says what else can load it). Texts are tokenized as in training (truncated to
-`max_length`) and predicted in padded batches.
+`max_length`) and predicted in padded batches, longest first, as evaluation batches them.
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ class Packaged:
     def predict(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> list[str]:
         from tqdm.auto import tqdm
 
-        from .batches import pad_batch
+        from .batches import longest_first, pad_batch
 
-        out: list[str] = []
-        starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="predict", unit="batch", disable=not progress):
-            enc = self.tokenizer(list(texts[start : start + batch_size]), truncation=True, max_length=self.meta["max_length"])
-            batch = pad_batch(enc["input_ids"], self.pad_id)
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.meta["max_length"])["input_ids"]
+        out: list[str] = [""] * len(ids)
+        for rows in tqdm(longest_first([len(r) for r in ids], batch_size), desc="predict", unit="batch", disable=not progress):
+            batch = pad_batch([ids[i] for i in rows], self.pad_id)
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
-            out.extend(self.labels[i] for i in logits.argmax(-1).cpu().numpy())
+            for i, k in zip(rows, logits.argmax(-1).cpu().numpy()):
+                out[i] = self.labels[k]
         return out
 
 
