@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 MIRROR ?= ../shared
-PYTEST_ARGS ?= -n 2 --dist loadgroup  # pytest-xdist: two workers (the machines have 2 cores); tests sharing a pipeline run stay in one
+PYTEST_ARGS ?= -n 2 --dist loadscope  # pytest-xdist: two workers (the machines have 2 cores); a module or class stays in one
 export PATH := $(BIN):$(PATH)
 export PTQFLOW_MIRROR := $(abspath $(MIRROR))
 

@@ -85,7 +85,7 @@ def fp32_artifact(tmp_path_factory, tiny_trained) -> Path:
 @pytest.fixture(scope="session")
 def e2e_project(tmp_path_factory, shared):
     """One `dvc repro` of a tiny copy of the project, shared by the end-to-end tests (pipeline_project.py); under
-    pytest-xdist they are one group (`xdist_group("e2e-project")`), so one worker runs it once."""
+    pytest-xdist they are one class (test_pipeline.py::TestOneRepro; `--dist loadscope`), so one worker runs it once."""
     from .pipeline_project import SKIPPED, VARIANTS, make_project, run
 
     root = tmp_path_factory.mktemp("project")

@@ -11,7 +11,6 @@ from .conftest import ROOT
 from .pipeline_project import NOISE, SKIPPED, VARIANTS, make_project, mlflow_runs, run, run_in_process, stage_commands
 
 pytestmark = pytest.mark.slow
-E2E = pytest.mark.xdist_group("e2e-project")  # the tests sharing one `dvc repro` (conftest.py's `e2e_project`) run in one worker
 
 
 @pytest.fixture
@@ -19,117 +18,116 @@ def project(e2e_project):
     return e2e_project
 
 
-@E2E
-def test_repro_writes_every_metric_report_and_figure(project):
-    root, _, out = project
-    assert "Running stage 'assets'" in out and (root / "data/raw/ag_news/test.csv").is_file()
-    assert not [line for line in out.splitlines() if any(n in line for n in NOISE)]  # stages' stderr is in `out`
-    for v in VARIANTS:
-        assert f"Running stage 'evaluate@{v}'" in out
-        d = json.loads((root / "reports" / "eval" / f"{v}.json").read_text())  # details: not a DVC metric
-        assert d["test_rows"] == 120 and "latency" not in d
-        assert 0.0 <= d["accuracy"] <= 1.0 and 0.0 <= d["f1_macro"] <= 1.0 and d["size_on_disk"]["bytes"] > 0
-        assert sum(map(sum, d["confusion_matrix"]["matrix"])) == 120
-        assert set(d["per_class"]) == {"World", "Sports", "Business", "Sci/Tech"}
-        assert (root / "plots" / "predictions" / f"{v}.csv").read_text().startswith("actual,predicted")
-        m = json.loads((root / "metrics" / "eval" / f"{v}.json").read_text())  # the dozen numbers
-        assert m["accuracy"] == pytest.approx(d["accuracy"], abs=1e-6) and m["latency_median_ms"] > 0
-        assert m["speedup_ci95_low"] <= m["speedup"] <= m["speedup_ci95_high"] and len(m) <= 13
-    assert "Running stage 'benchmark'" in out and "variants timed interleaved" in out
-    bench = json.loads((root / "reports/benchmark.json").read_text())
-    assert set(v for v, r in bench["variants"].items() if "latency" in r) == set(VARIANTS)
-    assert bench["protocol"]["rounds"] == 3 and bench["protocol"]["batch_sizes"] == [4]
-    assert "CUDA" in bench["variants"]["int4_wo_ao"]["skipped"]
-    fp32 = json.loads((root / "reports/eval/fp32.json").read_text())
-    int8 = json.loads((root / "reports/eval/int8_scratch.json").read_text())
-    assert 3.9 <= fp32["size_on_disk"]["bytes"] / int8["size_on_disk"]["bytes"] <= 4.05
-    train = json.loads((root / "reports/train.json").read_text())
-    assert train["epochs"] and "val_accuracy" in train and train["wall_time_s"] > 0
-    assert set(json.loads((root / "metrics/train.json").read_text())) == {"val_accuracy", "wall_time_s", "train_rows", "validation_rows"}
-    data = json.loads((root / "reports/data.json").read_text())
-    assert data["splits"]["test"]["rows"] == 120
-    assert json.loads((root / "metrics/data.json").read_text())["test_rows"] == 120
-    report = (root / "reports" / "report.md").read_text()
-    assert "Table 1" in report and all(f"per-class metrics, {v}" in report for v in VARIANTS)
-    assert "timed interleaved" in report and "Half-precision baseline:" in report
-    figures = {p.name for p in (root / "plots" / "figures").glob("*.png")}
-    assert figures == {f"confusion_{v}.png" for v in VARIANTS} | {"metrics_comparison.png", "size_latency.png", "pareto.png"}
-    assert "| variant | accuracy |" in out and "recommended: smallest acceptable" in out
-    full = json.loads((root / "metrics/comparison.json").read_text())
-    comparison = full["variants"]
-    assert set(comparison) == set(VARIANTS) and full["half_baseline"] in ("fp16", "bf16")
-    assert set(full["skipped"]) == set(SKIPPED) and "CUDA" in full["skipped"]["int4_wo_ao"]
-    assert full["recommendation"]["smallest"] in VARIANTS and set(full["recommendation"]["pareto_front"]) <= set(VARIANTS)
-    assert "## Recommendation" in report and "## Variants not run on this machine" in report
-    for v in SKIPPED:
-        assert f"Running stage 'evaluate@{v}'" in out
-        assert "CUDA" in json.loads((root / "reports" / "eval" / f"{v}.json").read_text())["skipped"]
-    dyn = json.loads((root / "reports/eval/int8_dynamic.json").read_text())
-    assert dyn["runtime"]["kernel"] == "fbgemm" and dyn["runtime"]["int8_layers"] == 8
-    emb4 = json.loads((root / "reports/eval/nf4_bnb_emb4.json").read_text())
-    assert fp32["size_on_disk"]["bytes"] / emb4["size_on_disk"]["bytes"] > 5  # the whole model, embeddings included
-    assert comparison["fp32"]["stats"]["agreement"] == 1.0 and comparison["fp32"]["stats"]["mcnemar_p"] == 1.0
-    assert comparison["fp32"]["speed_verdict"] == "baseline" and comparison["fp32"]["speedup"] == 1.0
-    for v in VARIANTS:
-        st = comparison[v]["stats"]
-        assert st["delta_ci95_low"] <= st["delta_accuracy"] <= st["delta_ci95_high"]
-        lo, hi = comparison[v]["speedup_ci95"]
-        assert lo <= comparison[v]["speedup"] <= hi and comparison[v]["speedup_vs_half"] > 0
-        assert comparison[v]["speed_verdict"] in ("baseline", "faster", "slower", "no measurable difference")
-    assert "McNemar exact p" in report and "Speedup vs" in report
-    pareto = (root / "plots/pareto.csv").read_text().splitlines()
-    assert pareto[0].startswith("variant,accuracy,latency_ms,size_MiB") and len(pareto) == 1 + len(VARIANTS)
+class TestOneRepro:
+    """The tests sharing one `dvc repro` (conftest.py's session fixture `e2e_project`). A class: pytest-xdist's
+    `--dist loadscope` (the Makefile's) runs a class's tests in one worker, so the pipeline runs once."""
+
+    def test_repro_writes_every_metric_report_and_figure(self, project):
+        root, _, out = project
+        assert "Running stage 'assets'" in out and (root / "data/raw/ag_news/test.csv").is_file()
+        assert not [line for line in out.splitlines() if any(n in line for n in NOISE)]  # stages' stderr is in `out`
+        for v in VARIANTS:
+            assert f"Running stage 'evaluate@{v}'" in out
+            d = json.loads((root / "reports" / "eval" / f"{v}.json").read_text())  # details: not a DVC metric
+            assert d["test_rows"] == 120 and "latency" not in d
+            assert 0.0 <= d["accuracy"] <= 1.0 and 0.0 <= d["f1_macro"] <= 1.0 and d["size_on_disk"]["bytes"] > 0
+            assert sum(map(sum, d["confusion_matrix"]["matrix"])) == 120
+            assert set(d["per_class"]) == {"World", "Sports", "Business", "Sci/Tech"}
+            assert (root / "plots" / "predictions" / f"{v}.csv").read_text().startswith("actual,predicted")
+            m = json.loads((root / "metrics" / "eval" / f"{v}.json").read_text())  # the dozen numbers
+            assert m["accuracy"] == pytest.approx(d["accuracy"], abs=1e-6) and m["latency_median_ms"] > 0
+            assert m["speedup_ci95_low"] <= m["speedup"] <= m["speedup_ci95_high"] and len(m) <= 13
+        assert "Running stage 'benchmark'" in out and "variants timed interleaved" in out
+        bench = json.loads((root / "reports/benchmark.json").read_text())
+        assert set(v for v, r in bench["variants"].items() if "latency" in r) == set(VARIANTS)
+        assert bench["protocol"]["rounds"] == 3 and bench["protocol"]["batch_sizes"] == [4]
+        assert "CUDA" in bench["variants"]["int4_wo_ao"]["skipped"]
+        fp32 = json.loads((root / "reports/eval/fp32.json").read_text())
+        int8 = json.loads((root / "reports/eval/int8_scratch.json").read_text())
+        assert 3.9 <= fp32["size_on_disk"]["bytes"] / int8["size_on_disk"]["bytes"] <= 4.05
+        train = json.loads((root / "reports/train.json").read_text())
+        assert train["epochs"] and "val_accuracy" in train and train["wall_time_s"] > 0
+        assert set(json.loads((root / "metrics/train.json").read_text())) == {"val_accuracy", "wall_time_s", "train_rows", "validation_rows"}
+        data = json.loads((root / "reports/data.json").read_text())
+        assert data["splits"]["test"]["rows"] == 120
+        assert json.loads((root / "metrics/data.json").read_text())["test_rows"] == 120
+        report = (root / "reports" / "report.md").read_text()
+        assert "Table 1" in report and all(f"per-class metrics, {v}" in report for v in VARIANTS)
+        assert "timed interleaved" in report and "Half-precision baseline:" in report
+        figures = {p.name for p in (root / "plots" / "figures").glob("*.png")}
+        assert figures == {f"confusion_{v}.png" for v in VARIANTS} | {"metrics_comparison.png", "size_latency.png", "pareto.png"}
+        assert "| variant | accuracy |" in out and "recommended: smallest acceptable" in out
+        full = json.loads((root / "metrics/comparison.json").read_text())
+        comparison = full["variants"]
+        assert set(comparison) == set(VARIANTS) and full["half_baseline"] in ("fp16", "bf16")
+        assert set(full["skipped"]) == set(SKIPPED) and "CUDA" in full["skipped"]["int4_wo_ao"]
+        assert full["recommendation"]["smallest"] in VARIANTS and set(full["recommendation"]["pareto_front"]) <= set(VARIANTS)
+        assert "## Recommendation" in report and "## Variants not run on this machine" in report
+        for v in SKIPPED:
+            assert f"Running stage 'evaluate@{v}'" in out
+            assert "CUDA" in json.loads((root / "reports" / "eval" / f"{v}.json").read_text())["skipped"]
+        dyn = json.loads((root / "reports/eval/int8_dynamic.json").read_text())
+        assert dyn["runtime"]["kernel"] == "fbgemm" and dyn["runtime"]["int8_layers"] == 8
+        emb4 = json.loads((root / "reports/eval/nf4_bnb_emb4.json").read_text())
+        assert fp32["size_on_disk"]["bytes"] / emb4["size_on_disk"]["bytes"] > 5  # the whole model, embeddings included
+        assert comparison["fp32"]["stats"]["agreement"] == 1.0 and comparison["fp32"]["stats"]["mcnemar_p"] == 1.0
+        assert comparison["fp32"]["speed_verdict"] == "baseline" and comparison["fp32"]["speedup"] == 1.0
+        for v in VARIANTS:
+            st = comparison[v]["stats"]
+            assert st["delta_ci95_low"] <= st["delta_accuracy"] <= st["delta_ci95_high"]
+            lo, hi = comparison[v]["speedup_ci95"]
+            assert lo <= comparison[v]["speedup"] <= hi and comparison[v]["speedup_vs_half"] > 0
+            assert comparison[v]["speed_verdict"] in ("baseline", "faster", "slower", "no measurable difference")
+        assert "McNemar exact p" in report and "Speedup vs" in report
+        pareto = (root / "plots/pareto.csv").read_text().splitlines()
+        assert pareto[0].startswith("variant,accuracy,latency_ms,size_MiB") and len(pareto) == 1 + len(VARIANTS)
 
 
-@E2E
-def test_mlflow_has_one_run_per_stage_and_variant(project):
-    root, env, _ = project
-    everything = mlflow_runs(root, env)
-    parents = [r for r in everything if r["stage"] == "pipeline"]
-    assert len(parents) == 1 and parents[0]["name"].startswith("repro ") and parents[0]["status"] == "FINISHED"
-    children = [r for r in everything if r["stage"] != "pipeline"]
-    assert {r["parent"] for r in children} == {parents[0]["id"]}
-    runs = {r["name"]: r["accuracy"] for r in children}
-    expected = {"prepare", "finetune", "benchmark", "report", "package"} | {f"{s}@{v}" for s in ("quantize", "evaluate")
-                                                                              for v in VARIANTS + SKIPPED}
-    assert set(runs) == expected
-    fp32 = json.loads((root / "reports/eval/fp32.json").read_text())
-    assert runs["evaluate@fp32"] == pytest.approx(fp32["accuracy"])
+    def test_mlflow_has_one_run_per_stage_and_variant(self, project):
+        root, env, _ = project
+        everything = mlflow_runs(root, env)
+        parents = [r for r in everything if r["stage"] == "pipeline"]
+        assert len(parents) == 1 and parents[0]["name"].startswith("repro ") and parents[0]["status"] == "FINISHED"
+        children = [r for r in everything if r["stage"] != "pipeline"]
+        assert {r["parent"] for r in children} == {parents[0]["id"]}
+        runs = {r["name"]: r["accuracy"] for r in children}
+        expected = {"prepare", "finetune", "benchmark", "report", "package"} | {f"{s}@{v}" for s in ("quantize", "evaluate")
+                                                                                  for v in VARIANTS + SKIPPED}
+        assert set(runs) == expected
+        fp32 = json.loads((root / "reports/eval/fp32.json").read_text())
+        assert runs["evaluate@fp32"] == pytest.approx(fp32["accuracy"])
 
 
-@E2E
-def test_second_repro_is_up_to_date_and_metrics_show(project):
-    root, env, _ = project
-    assert "Data and pipelines are up to date" in run(["dvc", "repro"], root, env)
-    shown = run(["dvc", "metrics", "show", "--json"], root, env)
-    assert "metrics/eval/nf4_bnb.json" in shown
-    header = run(["dvc", "metrics", "show"], root, env).splitlines()[0].split()
-    assert len(header) <= 20, header  # readable: Path + the dozen numbers + rows, validation accuracy, wall time
+    def test_second_repro_is_up_to_date_and_metrics_show(self, project):
+        root, env, _ = project
+        assert "Data and pipelines are up to date" in run(["dvc", "repro"], root, env)
+        shown = run(["dvc", "metrics", "show", "--json"], root, env)
+        assert "metrics/eval/nf4_bnb.json" in shown
+        header = run(["dvc", "metrics", "show"], root, env).splitlines()[0].split()
+        assert len(header) <= 20, header  # readable: Path + the dozen numbers + rows, validation accuracy, wall time
 
 
-@E2E
-def test_changing_one_variant_reruns_only_that_variant(project):
-    root, env, _ = project
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["variants"]["int8_bnb"]["llm_int8_threshold"] = 0.0
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(["dvc", "status", "--json"], root, env)
-    changed = set(json.loads(status))
-    assert changed == {"quantize@int8_bnb", "evaluate@int8_bnb", "benchmark", "report"}  # speed: all re-timed together
+    def test_changing_one_variant_reruns_only_that_variant(self, project):
+        root, env, _ = project
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["variants"]["int8_bnb"]["llm_int8_threshold"] = 0.0
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        status = run(["dvc", "status", "--json"], root, env)
+        changed = set(json.loads(status))
+        assert changed == {"quantize@int8_bnb", "evaluate@int8_bnb", "benchmark", "report"}  # speed: all re-timed together
 
 
-@E2E
-def test_forced_rerun_gives_identical_predictions(project):
-    """Determinism: `dvc repro --force` of two variants' evaluations retrains (the finetune stage is upstream of
-    them) and re-quantizes and re-evaluates from scratch: with the same seed, the same answers."""
-    root, env, _ = project
-    before = {v: (root / "plots" / "predictions" / f"{v}.csv").read_text() for v in ("fp32", "int8_scratch")}
-    acc = json.loads((root / "reports/eval/fp32.json").read_text())["accuracy"]
-    out = run(["dvc", "repro", "--force", *(f"evaluate@{v}" for v in before)], root, env)
-    assert "Running stage 'finetune'" in out and all(f"Running stage 'quantize@{v}'" in out for v in before)
-    assert {v: (root / "plots" / "predictions" / f"{v}.csv").read_text() for v in before} == before
-    assert json.loads((root / "reports/eval/fp32.json").read_text())["accuracy"] == acc
-    assert json.loads((root / "reports/train.json").read_text())["resumed_from_checkpoint"] is False
+    def test_forced_rerun_gives_identical_predictions(self, project):
+        """Determinism: `dvc repro --force` of two variants' evaluations retrains (the finetune stage is upstream of
+        them) and re-quantizes and re-evaluates from scratch: with the same seed, the same answers."""
+        root, env, _ = project
+        before = {v: (root / "plots" / "predictions" / f"{v}.csv").read_text() for v in ("fp32", "int8_scratch")}
+        acc = json.loads((root / "reports/eval/fp32.json").read_text())["accuracy"]
+        out = run(["dvc", "repro", "--force", *(f"evaluate@{v}" for v in before)], root, env)
+        assert "Running stage 'finetune'" in out and all(f"Running stage 'quantize@{v}'" in out for v in before)
+        assert {v: (root / "plots" / "predictions" / f"{v}.csv").read_text() for v in before} == before
+        assert json.loads((root / "reports/eval/fp32.json").read_text())["accuracy"] == acc
+        assert json.loads((root / "reports/train.json").read_text())["resumed_from_checkpoint"] is False
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
