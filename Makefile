@@ -14,9 +14,9 @@ help:  ## list the targets
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -r requirements.lock  # -qq: errors only (not the warnings about mirror folders this machine lacks)
+	$(BIN)/python -m pip install -qq --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with the pinned dependencies

@@ -20,7 +20,7 @@ from .conftest import ROOT
 
 VARIANTS = ["fp32", "fp16", "bf16", "int8_scratch", "int8_bnb", "nf4_bnb", "int8_dynamic", "nf4_bnb_emb4"]
 SKIPPED = ["int4_wo_ao"]  # CUDA only: on this CPU its stages run and say why it was not quantized or evaluated
-NOISE = ("Failed to load", "is an Enum subclass and is now natively supported")  # console.py drops these
+NOISE = ("Failed to load", "is an Enum subclass and is now natively supported", "interpreted in multiple ways")  # console.py drops these
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:

@@ -66,3 +66,13 @@ def test_bad_params_get_one_clear_error(cls, raw, message):
     name = {TrainParams: "train", DataParams: "data", ModelParams: "model"}[cls]
     with pytest.raises(PtqflowError, match=message):
         build(cls, raw, name)
+
+
+def test_the_quantize_stage_prints_one_short_line():
+    from ptqflow.quantize.registry import summary_line
+
+    meta = {"variant": "v", "scheme": "int8_dynamic", "options": {"kernel": "auto"}, "runtime_dtype": "int8 x int8",
+            "quantized_modules": 8, "quantized_embeddings": 2, "n_parameters": 123}
+    assert summary_line("quantize@v", meta) == "quantize@v: int8 x int8; quantized: 8 projections, 2 embedding tables"
+    assert summary_line("quantize@g", {"scheme": "fp8", "skipped": "needs CUDA"}) == "quantize@g: skipped on this machine: needs CUDA"
+    assert summary_line("quantize@f", {"scheme": "fp32", "runtime_dtype": "float32"}) == "quantize@f: float32"

@@ -79,15 +79,17 @@ def test_paper_config_fails_fast_when_the_hub_is_unreachable(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_stages_lose_no_mlflow_run(tmp_path):
-    """Four processes log at once into one SQLite store (as `dvc exp run -j N` does): every run lands, under one
-    parent (the same execution: same commit, same params), which is created once."""
+    """Four processes log at once into one SQLite store (as `dvc exp run -j N` does), spooling their runs and then
+    flushing the spool at the same time: every run lands exactly once, under one parent (the same execution:
+    same commit, same params), which is created once."""
     import json
 
     script = (
-        "import sys; from ptqflow.tracking import stage_run\n"
+        "import sys; from ptqflow.tracking import flush, stage_run\n"
         "for i in range(3):\n"
         "    with stage_run(f'evaluate@w{sys.argv[1]}-{i}') as run:\n"
         "        run.log_params({'worker': sys.argv[1]}); run.log_metrics({'accuracy': 0.5, 'x': {'y': i}})\n"
+        "flush()\n"
     )
     env = {**__import__("os").environ, "PTQFLOW_TRACKING": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(w)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
@@ -121,3 +123,32 @@ def test_a_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):
     child, parent = df[df["tags.stage"] == "finetune"], df[df["tags.stage"] == "pipeline"]
     assert list(child["status"]) == ["FAILED"] and "bad lr" in child["tags.error"].iloc[0]
     assert list(parent["status"]) == ["FAILED"] and child["tags.mlflow.parentRunId"].iloc[0] == parent["run_id"].iloc[0]
+
+
+def test_a_finished_stage_spools_its_run_and_a_detached_flush_writes_it(tmp_path):
+    """No MLflow import in the stage: the run waits in the spool with a copy of its artifact, and the detached
+    process the stage started writes it (once) a moment later; a later edit of the file does not change it."""
+    import json
+    import time
+
+    (tmp_path / "details.json").write_text('{"v": 1}')
+    script = ("import sys; from ptqflow.tracking import stage_run\n"
+              "with stage_run('evaluate@spooled') as run:\n"
+              "    run.log_metrics({'accuracy': 0.25}); run.log_artifact('details.json')\n"
+              "print('mlflow' in sys.modules)\n")
+    env = {**__import__("os").environ, "PTQFLOW_TRACKING": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "PTQFLOW_FLUSH_DELAY_S": "3"}
+    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+    spooled = list((tmp_path / ".ptqflow/mlflow-spool").glob("*.json"))
+    assert len(spooled) == 1 and json.loads(spooled[0].read_text())["metrics"]["accuracy"] == 0.25
+    (tmp_path / "details.json").write_text('{"v": 2}')
+    deadline = time.time() + 120
+    while list((tmp_path / ".ptqflow/mlflow-spool").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    code = ("import mlflow, json; mlflow.set_tracking_uri('sqlite:///" + str(tmp_path) + "/mlflow.db');"
+            "df = mlflow.search_runs(experiment_names=['ptqflow']); df = df[df['tags.stage'] == 'evaluate'];"
+            "p = mlflow.artifacts.download_artifacts(run_id=df['run_id'].iloc[0], artifact_path='details.json');"
+            "print(json.dumps([len(df), float(df['metrics.accuracy'].iloc[0]), open(p).read()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 0.25, '{"v": 1}'], out.stderr[-2000:]

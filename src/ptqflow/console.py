@@ -8,6 +8,8 @@ Dropped (each is a library telling about an optional part it can do without; non
   torchao registers its Enums with pytree, which torch 2.13 deprecates (torchao's code, not ours).
 - bitsandbytes, CPU backend: "Failed to load CPU gemm_4bit_forward from kernels-community": an optional
   downloaded kernel (the `kernels` package, needs the Hub); bitsandbytes uses its own NF4 kernel instead.
+- mlflow, logging a dataset input: "The specified dataset source can be interpreted in multiple ways": a local
+  folder matches two of its source classes; it picks one, which is what is wanted (a Python warning).
 - transformers' per-file progress bars ("Loading weights", "Writing model shards"): a bar per small file,
   not a step a user waits on. Our own long steps (training, evaluation, the benchmark) keep theirs.
 
@@ -18,12 +20,17 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 KNOWN_NOISE: dict[str, tuple[str, ...]] = {  # logger name -> substrings of the messages dropped there
     "torchao": ("Failed to load ",),
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
 }
+
+KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (  # (message regex, module regex) of Python warnings dropped
+    ("The specified dataset source can be interpreted in multiple ways", r"mlflow\."),
+)
 
 
 class _DropKnown(logging.Filter):
@@ -45,4 +52,6 @@ def quiet() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) for f in logger.filters):
             logger.addFilter(_DropKnown(fragments))
+    for message, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by huggingface_hub and transformers on import

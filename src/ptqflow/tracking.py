@@ -12,6 +12,14 @@ The store is SQLite at `<project root>/mlflow.db` as an absolute URI, so runs ma
 --queue` (in a copy under `.dvc/tmp/exps/`) land in the project's store too; `MLFLOW_TRACKING_URI` overrides
 it (a tracking server). `PTQFLOW_TRACKING=0` (or --no-tracking on a stage) switches tracking off.
 Numbers logged are the same ones written to metrics/ and reports/.
+
+Writing a run costs a stage about 2 s (importing MLflow and opening the store), so a finished stage spools
+its run instead (`.ptqflow/mlflow-spool/` under the project root: the record, with its execution and params
+taken at the time, and copies of its artifacts) and starts, unless one is already waiting, one detached
+process that writes the spool FLUSH_DELAY_S seconds later: stages ending within that window share one write.
+A failed stage, the last stages (report, package) and the package's registration write at once, after
+everything spooled before them, so when `dvc repro` ends every run is in the store. `python -m
+ptqflow.tracking --flush` writes the spool by hand.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from .io import project_root
 EXPERIMENT = "ptqflow"
 EXECUTION_TAG = "ptqflow.execution"
 PARENT_SECTIONS = ("data", "model", "train", "eval", "benchmark", "report", "package")
+SPOOL = ".ptqflow/mlflow-spool"  # under the project root: finished runs waiting to be written
+FLUSH_DELAY_S = float(os.environ.get("PTQFLOW_FLUSH_DELAY_S", "20"))  # a spooled run is in MLflow within about this long
+FLUSH_NOW = ("report", "package")  # the last stages: everything spooled is written when they end
 
 
 def tracking_uri() -> str:
@@ -131,84 +142,199 @@ def _lock_path(uri: str) -> str:
     return str(Path(tempfile.gettempdir()) / f"ptqflow-mlflow-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.lock")
 
 
-def parent_run(client, experiment_id: str, ex: dict, params_file: str | Path = "params.yaml") -> str:
-    """The id of this execution's parent run, created (with every params section) if it does not exist yet.
-    Call under the lock."""
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{EXECUTION_TAG}` = '{ex['key']}' and tags.stage = 'pipeline'",
-                               max_results=1, order_by=["attributes.start_time DESC"])
-    if found:
-        return found[0].info.run_id
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-
-    tags = {EXECUTION_TAG: ex["key"], "dvc_experiment": ex["dvc_experiment"], "git_commit": ex["git_commit"],
-            "stage": "pipeline", MLFLOW_RUN_NAME: ex["name"]}
-    run = client.create_run(experiment_id, tags=tags, run_name=ex["name"])
+def parent_params(params_file: str | Path = "params.yaml") -> dict[str, str]:
+    """The params sections a parent run holds, flattened ("train.lr": "0.001")."""
     from .config import load_params
 
     try:
         params = load_params(params_file)
     except Exception:  # noqa: BLE001 - the stage itself reports a bad params file; the parent just has fewer params
         params = {}
-    flat = _flatten_params({k: params[k] for k in PARENT_SECTIONS if k in params})
-    from mlflow.entities import Param
+    return {k: str(v)[:6000] for k, v in _flatten_params({k: params[k] for k in PARENT_SECTIONS if k in params}).items()}
 
-    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+
+def parent_run(client, experiment_id: str, ex: dict, params: dict[str, str]) -> str:
+    """The id of this execution's parent run, created (with `params`, parent_params()) if it does not exist
+    yet. Call under the lock."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{EXECUTION_TAG}` = '{ex['key']}' and tags.stage = 'pipeline'",
+                               max_results=1, order_by=["attributes.start_time DESC"])
+    if found:
+        return found[0].info.run_id
+    from mlflow.entities import Param
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    tags = {EXECUTION_TAG: ex["key"], "dvc_experiment": ex["dvc_experiment"], "git_commit": ex["git_commit"],
+            "stage": "pipeline", MLFLOW_RUN_NAME: ex["name"]}
+    run = client.create_run(experiment_id, tags=tags, run_name=ex["name"])
+    items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id
 
 
-def _write(name: str, run: _Run, status: str, started_ms: int) -> None:
-    """Write one finished stage run as a child of its execution's parent."""
+def spool_dir() -> Path:
+    return project_root() / SPOOL
+
+
+def _record(name: str, run: _Run, status: str, started_ms: int) -> dict:
+    """Everything needed to write the run later, from any process: the execution and the parent's params are
+    taken now (the stage's commit, params and experiment), not when it is written."""
+    return {"name": name, "status": status, "started_ms": started_ms, "uri": tracking_uri(), "execution": execution(),
+            "parent_params": parent_params(), "params": run.params, "metrics": run.metrics, "tags": run.tags,
+            "artifacts": list(run.artifacts),
+            "inputs": [{**i, "source": str(Path(i["source"]).resolve()) if Path(i["source"]).exists() else i["source"]}
+                       for i in run.inputs]}
+
+
+def _spool(record: dict) -> None:
+    """Queue a finished stage's run in the spool (no MLflow import: about 2 s a stage): its artifacts are copied
+    (what the stage wrote, even if a later run rewrites the file), the record renamed into place whole."""
+    import json
+    import shutil
+    import time
+
+    folder = spool_dir()
+    stem = f"{time.time_ns():020d}-{os.getpid()}"
+    copies = []
+    for i, path in enumerate(record["artifacts"]):
+        dst = folder / stem / str(i) / Path(path).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if Path(path).is_dir() else shutil.copy2)(path, dst)
+        copies.append(str(dst))
+    tmp = folder / f".{stem}.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps({**record, "artifacts": copies}))
+    os.replace(tmp, folder / f"{stem}.json")
+
+
+def _schedule_flush() -> None:
+    """Start one detached process that writes the spool to MLflow in FLUSH_DELAY_S seconds, unless one is
+    already waiting: stages that end within that window share one MLflow import."""
+    import subprocess
+    import sys
+    import time
+
+    marker = spool_dir() / ".flush-scheduled"
+    try:
+        if marker.is_file() and time.time() - marker.stat().st_mtime > 10 * FLUSH_DELAY_S:
+            marker.unlink()  # its process died before flushing
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    subprocess.Popen([sys.executable, "-m", "ptqflow.tracking", "--flush-after", str(FLUSH_DELAY_S), str(spool_dir())],
+                     cwd=project_root(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+
+
+def flush(folder: str | Path | None = None) -> int:
+    """Write every spooled run to its MLflow store (under that store's lock, oldest first) and remove it;
+    returns how many. Imports MLflow only when there is something to write."""
+    import json
+
+    folder = Path(folder) if folder else spool_dir()
+    uris = set()
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError, ValueError):  # taken by another flusher meanwhile
+            uris.add(json.loads(path.read_text())["uri"])
+    written = 0
+    for uri in sorted(uris):
+        with _store(uri) as (mlflow, client, experiment_id):
+            written += _write_spooled(mlflow, client, experiment_id, folder, uri)
+    return written
+
+
+def _write_spooled(mlflow, client, experiment_id: str, folder: Path, uri: str) -> int:
+    import json
+    import shutil
+
+    written = 0
+    for path in sorted(folder.glob("*.json")):  # under the lock: no other flusher of this store is running
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        if record["uri"] != uri:
+            continue  # another store's (MLFLOW_TRACKING_URI differed): left for a flush against it
+        _write_record(mlflow, client, experiment_id, record)
+        path.unlink()
+        shutil.rmtree(folder / path.stem, ignore_errors=True)
+        written += 1
+    return written
+
+
+@contextlib.contextmanager
+def _store(uri: str):
+    """MLflow pointed at `uri`, the `ptqflow` experiment, under the store's lock (SQLite takes one writer at a
+    time; a parent is created once)."""
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import mlflow
     from filelock import FileLock
 
-    uri = tracking_uri()
-    ex = execution()
     mlflow.set_tracking_uri(uri)
-    with FileLock(_lock_path(uri), timeout=600):  # SQLite takes one writer at a time; the parent is created once
+    with FileLock(_lock_path(uri), timeout=600):
         client = mlflow.tracking.MlflowClient(uri)  # (opening a new SQLite store creates its tables: inside the lock)
-        experiment = mlflow.set_experiment(EXPERIMENT)
-        parent = parent_run(client, experiment.experiment_id, ex)
-        tags = {"stage": name.split("@")[0], "dvc_experiment": ex["dvc_experiment"], "git_commit": ex["git_commit"],
-                EXECUTION_TAG: ex["key"], **run.tags}
-        with mlflow.start_run(run_name=name, parent_run_id=parent, nested=True, tags=tags) as active:
-            if run.params:
-                mlflow.log_params(run.params)
-            if run.metrics:
-                mlflow.log_metrics(run.metrics)
-            for path in run.artifacts:
-                mlflow.log_artifact(path)
-            for item in run.inputs:
-                _log_input(mlflow, item)
-            run_id = active.info.run_id
-            for fn in run.after:
-                fn(run_id, parent)
-        client.set_terminated(run_id, status=status)
-        client.set_tag(run_id, "started_ms", str(started_ms))
-        for path, folder in run.parent_artifacts:
-            (client.log_artifacts if Path(path).is_dir() else client.log_artifact)(parent, path, folder)
-        if status == "FAILED":
-            client.set_terminated(parent, status="FAILED")
-        elif name in ("report", "package"):  # the last stages: the execution is complete (a later re-run adds to it)
-            client.set_terminated(parent, status="FINISHED")
+        yield mlflow, client, mlflow.set_experiment(EXPERIMENT).experiment_id
+
+
+def _write_record(mlflow, client, experiment_id: str, record: dict, run: _Run | None = None) -> None:
+    """Write one finished stage run as a child of its execution's parent (`run`: the live one, with its
+    after-callbacks and parent artifacts)."""
+    ex = record["execution"]
+    parent = parent_run(client, experiment_id, ex, record["parent_params"])
+    tags = {"stage": record["name"].split("@")[0], "dvc_experiment": ex["dvc_experiment"], "git_commit": ex["git_commit"],
+            EXECUTION_TAG: ex["key"], **record["tags"]}
+    with mlflow.start_run(run_name=record["name"], parent_run_id=parent, nested=True, tags=tags,
+                          experiment_id=experiment_id) as active:
+        if record["params"]:
+            mlflow.log_params(record["params"])
+        if record["metrics"]:
+            mlflow.log_metrics(record["metrics"])
+        for path in record["artifacts"]:
+            mlflow.log_artifact(path)
+        for item in record["inputs"]:
+            _log_input(mlflow, item)
+        run_id = active.info.run_id
+        for fn in (run.after if run else []):
+            fn(run_id, parent)
+    client.set_terminated(run_id, status=record["status"])
+    client.set_tag(run_id, "started_ms", str(record["started_ms"]))
+    for path, folder in (run.parent_artifacts if run else []):
+        (client.log_artifacts if Path(path).is_dir() else client.log_artifact)(parent, path, folder)
+    if record["status"] == "FAILED":
+        client.set_terminated(parent, status="FAILED")
+    elif record["name"] in ("report", "package"):  # the last stages: the execution is complete (a later re-run adds to it)
+        client.set_terminated(parent, status="FINISHED")
 
 
 def _log_input(mlflow, item: dict) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    where = Path(item["source"])
     try:
-        source = resolve_dataset_source(str(where.resolve()) if where.exists() else item["source"])
+        source = resolve_dataset_source(item["source"])
     except Exception:  # noqa: BLE001 - a Hub id or other string MLflow has no source class for
         from mlflow.data.http_dataset_source import HTTPDatasetSource
 
         source = HTTPDatasetSource(url=f"https://huggingface.co/datasets/{item['source']}")
     dataset = MetaDataset(source=source, name=item["name"], digest=item["digest"][:36])
     mlflow.log_input(dataset, context=item["context"], tags=item["tags"])
+
+
+def _write(name: str, run: _Run, status: str, started_ms: int) -> None:
+    """A finished stage's run: spooled (written within FLUSH_DELAY_S by a detached process), or, for a failed
+    stage, the last stages (report, package) and a run with after-callbacks, written now together with
+    everything spooled before it."""
+    record = _record(name, run, status, started_ms)
+    if status == "FINISHED" and name not in FLUSH_NOW and not run.after and not run.parent_artifacts:
+        _spool(record)
+        _schedule_flush()
+        return
+    flush()  # what earlier stages spooled comes first (other stores' records included)
+    with _store(record["uri"]) as (mlflow, client, experiment_id):
+        _write_spooled(mlflow, client, experiment_id, spool_dir(), record["uri"])  # spooled since, by a parallel stage
+        _write_record(mlflow, client, experiment_id, record, run)
 
 
 @contextlib.contextmanager
@@ -231,3 +357,25 @@ def stage_run(name: str, enabled: bool = True) -> Iterator[_Run]:
     if tracking_enabled(enabled):
         run.metrics.setdefault("stage_wall_time_s", round(time.time() - started / 1000, 3))
         _write(name, run, "FINISHED", started)
+
+
+def main() -> None:
+    """`python -m ptqflow.tracking --flush-after SECONDS SPOOL_DIR` (started detached by a stage) or
+    `python -m ptqflow.tracking --flush` (now, from the project root)."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m ptqflow.tracking", description=main.__doc__)
+    parser.add_argument("--flush", action="store_true", help="write the spooled runs to MLflow now")
+    parser.add_argument("--flush-after", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("folder", nargs="?", default=None, help="spool folder (default: <project>/" + SPOOL + ")")
+    args = parser.parse_args()
+    folder = Path(args.folder) if args.folder else spool_dir()
+    if args.flush_after is not None:
+        time.sleep(args.flush_after)
+        (folder / ".flush-scheduled").unlink(missing_ok=True)  # from now on a new stage schedules its own flush
+    print(f"{flush(folder)} spooled runs written to {tracking_uri()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -137,6 +137,16 @@ def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str |
     return meta
 
 
+def summary_line(stage: str, meta: dict) -> str:
+    """The quantize stage's one console line: what the artifact computes in and how much was quantized (the
+    whole metadata is in the artifact's ptqflow.json), or why the variant was skipped."""
+    if meta.get("skipped"):
+        return f"{stage}: skipped on this machine: {meta['skipped']}"
+    counted = [f"{meta[k]} {what}" for k, what in (("quantized_modules", "projections"), ("quantized_embeddings", "embedding tables"))
+               if meta.get(k)]
+    return f"{stage}: {meta.get('runtime_dtype') or meta['scheme']}" + (f"; quantized: {', '.join(counted)}" if counted else "")
+
+
 def load_variant(variant: str, raw: Any, artifact_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """Load variant `variant` from its artifact, after checking the artifact was made by the same scheme and options."""
     scheme, options = resolve(variant, raw)
