@@ -16,6 +16,7 @@ def main() -> None:
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
     from ptqflow.quantize import quantize_variant
+    from ptqflow.quantize.registry import summary_line
     from ptqflow.calibration import for_model
 
     variants = load_params(args.params).get("variants") or {}
@@ -28,7 +29,7 @@ def main() -> None:
                                 calibration=lambda: for_model(args.data, args.model))
         run.log_metrics(meta)
         run.log_artifact(f"{out}/ptqflow.json")
-        print(f"quantize@{args.variant}: {meta}")
+        print(summary_line(f"quantize@{args.variant}", meta))
 
 
 if __name__ == "__main__":

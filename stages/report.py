@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--figures", default="plots/figures", help="figures folder")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
-    from ptqflow.report import build_report, format_table, metrics_record
+    from ptqflow.report import build_report, metrics_record
 
     params = load_params(args.params)
     report = load_section(ReportParams, "report", params)
@@ -36,12 +36,11 @@ def main() -> None:
         run.log_parent_artifact(args.out)  # the execution's parent run holds the report and its figures
         run.log_parent_artifact(args.comparison)
         run.log_parent_artifact(args.figures, "figures")
-        print(format_table(rows, report.size_unit, report.baseline))
         from ptqflow.io import read_json
 
-        rec = read_json(args.comparison)["recommendation"]
-        print(f"recommended: smallest acceptable {rec['smallest']}, fastest acceptable {rec['fastest']} "
-              f"(Pareto front: {', '.join(rec['pareto_front'])})")
+        rec = read_json(args.comparison)["recommendation"]  # the table: `ptqflow table` (`make run` ends with it)
+        print(f"report: {len(rows)} variants -> {args.out}; recommended: smallest acceptable {rec['smallest']}, "
+              f"fastest acceptable {rec['fastest']} (Pareto front: {', '.join(rec['pareto_front'])})")
 
 
 if __name__ == "__main__":

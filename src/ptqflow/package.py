@@ -127,6 +127,7 @@ def register(folder: Path, name: str, run_id: str, parent_id: str) -> str:
     """Log `folder` as an MLflow pyfunc model from code (pyfunc_model.py; ptqflow travels as code_paths, nothing
     is pickled) under the active run, with a signature and an input example, and register it as a new version
     of `name`, tagged with the runs it came from. Returns one line saying which version."""
+    import warnings
     from importlib.metadata import PackageNotFoundError, version
 
     import mlflow
@@ -144,9 +145,11 @@ def register(folder: Path, name: str, run_id: str, parent_id: str) -> str:
         except PackageNotFoundError:
             pass
     here = Path(__file__).resolve().parent
-    info = mlflow.pyfunc.log_model(name="model", python_model=str(here / "pyfunc_model.py"), artifacts={"package": str(folder)},
-                                   code_paths=[str(here)], signature=signature, input_example=example,
-                                   pip_requirements=pins, registered_model_name=name)
+    with warnings.catch_warnings():  # MLflow suggests type hints on predict() to infer a signature: we pass one
+        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(here / "pyfunc_model.py"), artifacts={"package": str(folder)},
+                                       code_paths=[str(here)], signature=signature, input_example=example,
+                                       pip_requirements=pins, registered_model_name=name)
     client = mlflow.MlflowClient()
     number = info.registered_model_version
     meta = read_json(folder / "package.json")
