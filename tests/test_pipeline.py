@@ -23,7 +23,7 @@ class TestOneRepro:
     `--dist loadscope` (the Makefile's) runs a class's tests in one worker, so the pipeline runs once."""
 
     def test_repro_writes_every_metric_report_and_figure(self, project):
-        root, _, out = project
+        root, env, out = project
         assert "Running stage 'assets'" in out and (root / "data/raw/ag_news/test.csv").is_file()
         assert not [line for line in out.splitlines() if any(n in line for n in NOISE)]  # stages' stderr is in `out`
         for v in VARIANTS:
