@@ -217,7 +217,7 @@ def _schedule_flush() -> None:
     marker = spool_dir() / ".flush-scheduled"
     try:
         if marker.is_file() and time.time() - marker.stat().st_mtime > 10 * FLUSH_DELAY_S:
-            marker.unlink()  # its process died before flushing
+            marker.unlink(missing_ok=True)  # its process died before flushing
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
