@@ -331,9 +331,8 @@ def _write(name: str, run: _Run, status: str, started_ms: int) -> None:
         _spool(record)
         _schedule_flush()
         return
-    flush()  # what earlier stages spooled comes first (other stores' records included)
     with _store(record["uri"]) as (mlflow, client, experiment_id):
-        _write_spooled(mlflow, client, experiment_id, spool_dir(), record["uri"])  # spooled since, by a parallel stage
+        _write_spooled(mlflow, client, experiment_id, spool_dir(), record["uri"])  # what earlier stages spooled comes first
         _write_record(mlflow, client, experiment_id, record, run)
 
 

@@ -21,7 +21,7 @@ projections (substrings of their module names) that stay in bfloat16; how many r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,6 @@ from torch import nn
 
 from . import w8a8
 from ..calibration import Calibration
-from ..config import check
 from .registry import Scheme
 
 WEIGHTS_FILE = "model.fp8.safetensors"
@@ -40,16 +39,9 @@ FP8 = getattr(torch, "float8_e4m3fn", None)
 
 
 @dataclass
-class Fp8Options:
+class Fp8Options(w8a8.CalibratedOptions):
     activations: Literal["static", "dynamic"] = "static"
-    calibration_rows: int = 256  # static: validation rows the activation ranges are fitted on
-    calibration_batch_size: int = 16
     fast_accum: bool = False  # cuBLASLt's fast fp8 accumulation (faster, less exact)
-    keep_bf16: list[str] = field(default_factory=list)  # projections (name substrings) left in bfloat16
-
-    def __post_init__(self) -> None:
-        check(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
-        check(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
 
 
 def available(options: Fp8Options, device: torch.device) -> str | None:

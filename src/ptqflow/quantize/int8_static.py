@@ -17,7 +17,7 @@ norms, attention, the head) runs in bfloat16; `keep_bf16` leaves named projectio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +26,6 @@ from torch import nn
 
 from . import w8a8
 from ..calibration import Calibration
-from ..config import check
 from .common import absmax_int8_rows
 from .registry import Scheme
 
@@ -35,16 +34,9 @@ INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows
 
 
 @dataclass
-class Int8StaticOptions:
+class Int8StaticOptions(w8a8.CalibratedOptions):
     activations: Literal["static"] = "static"  # per-tensor scales calibrated once (int8_dynamic: per token at run time)
     kernel: Literal["triton", "int_mm"] = "triton"
-    calibration_rows: int = 256  # validation rows the activation ranges are fitted on
-    calibration_batch_size: int = 16
-    keep_bf16: list[str] = field(default_factory=list)  # projections (name substrings) left in bfloat16
-
-    def __post_init__(self) -> None:
-        check(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
-        check(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
 
 
 def available(options: Int8StaticOptions, device: torch.device) -> str | None:

@@ -14,7 +14,7 @@ Every body projection structure.py finds is quantized except those whose module 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,8 +24,22 @@ from torch import nn
 
 from .. import structure
 from ..calibration import Calibration
+from ..config import check
 from ..errors import PtqflowError
 from .common import load_finetuned, read_weights, runtime_device, skeleton
+
+
+@dataclass
+class CalibratedOptions:
+    """The options every W8A8 scheme has (its own options dataclass extends these)."""
+
+    calibration_rows: int = 256  # static: validation rows the activation ranges are fitted on
+    calibration_batch_size: int = 16
+    keep_bf16: list[str] = field(default_factory=list)  # projections (name substrings) left in bfloat16
+
+    def __post_init__(self) -> None:
+        check(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
+        check(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
 
 
 @dataclass(frozen=True)
