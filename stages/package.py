@@ -14,20 +14,20 @@ def main() -> None:
     parser.add_argument("--artifacts", default="models/quantized", help="variant artifacts, one folder each")
     parser.add_argument("--details-dir", default="reports/eval", help="per-variant details (evaluate@)")
     parser.add_argument("--data", default="data/prepared", help="prepared data (labels, max_length)")
+    parser.add_argument("--finetuned", default="models/finetuned", help="the fine-tuned model: its tokenizer is packaged")
     parser.add_argument("--out", default="models/recommended", help="the package folder")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
     from pathlib import Path
 
-    from ptqflow.config import ModelParams, PackageParams
+    from ptqflow.config import PackageParams
     from ptqflow.io import read_json
     from ptqflow.package import package, register
 
     params = load_params(args.params)
     pkg = load_section(PackageParams, "package", params)
-    model = load_section(ModelParams, "model", params)
     with stage_run("package", not args.no_tracking) as run:
-        meta = package(pkg.variant, Path(args.comparison), Path(args.artifacts), Path(model.base), Path(args.details_dir),
+        meta = package(pkg.variant, Path(args.comparison), Path(args.artifacts), Path(args.finetuned), Path(args.details_dir),
                        read_json(Path(args.data) / "meta.json"), Path(args.out))
         run.log_params({"package": to_dict(pkg), "packaged_variant": meta["variant"], "loader": meta["loader"]})
         run.set_tags({"packaged_variant": meta["variant"], "scheme": meta["scheme"]})

@@ -38,7 +38,7 @@ def project(tmp_path: Path, train: str | bytes = GOOD_TRAIN, test: str | bytes =
         (src / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(source=str(src), max_length=16)
-    params["model"].update(base=str(GPT2))
+    params["model"].update(base=str(GPT2), init="scratch")
     params["model"]["overrides"] = {"n_layer": 1, "n_embd": 64, "n_head": 2, "n_positions": 16}
     for dotted, value in overrides.items():
         section, key = dotted.split("__")

@@ -14,8 +14,34 @@ from .w8a8_checks import assert_all_projections_8bit_close_to_fp32
 CUDA = torch.device("cuda")
 
 
-def test_skipped_with_the_reason_on_cpu():
-    assert "CUDA GPU" in unavailable("i", {"scheme": "int8_static"}, torch.device("cpu"))
+def test_triton_kernel_skipped_with_the_reason_on_cpu_and_auto_runs_there():
+    cpu = torch.device("cpu")
+    assert "CUDA GPU" in unavailable("i", {"scheme": "int8_static", "kernel": "triton"}, cpu)
+    assert unavailable("i", {"scheme": "int8_static"}, cpu) is None  # kernel auto: torch._int_mm on a CPU
+    assert "CUDA graphs" in unavailable("i", {"scheme": "int8_static", "compile": "reduce-overhead"}, cpu)
+
+
+def test_cpu_variant_runs_every_projection_in_int8_and_records_the_ranges(tmp_path, tiny_trained, tiny_prepared,
+                                                                          fp32_artifact):
+    """The default `int8_static_cpu` shape on the CPU: calibrated per-tensor scales, every body projection an int8
+    GEMM (torch._int_mm), float32 elsewhere, the calibrated input ranges recorded largest first."""
+    from ptqflow.calibration import for_model
+    from ptqflow.data import load_prepared
+    from ptqflow.evaluate import predict
+    from ptqflow.quantize import load_variant, quantize_variant
+
+    raw = {"scheme": "int8_static", "dtype": "float32", "calibration_rows": 64}
+    meta = quantize_variant("s", raw, tiny_trained, tmp_path / "s", torch.device("cpu"),
+                            calibration=lambda: for_model(tiny_prepared, tiny_trained))
+    assert meta["quantized_modules"] == 8 and "float32 elsewhere" in meta["runtime_dtype"]
+    ranges = list(meta["input_absmax"].values())
+    assert len(ranges) == 8 and ranges == sorted(ranges, reverse=True) and ranges[-1] > 0
+    model, _ = load_variant("s", raw, tmp_path / "s", torch.device("cpu"))
+    assert model.ptqflow_runtime["w8a8_layers"] == 8 and "_int_mm" in model.ptqflow_runtime["kernel"]
+    assert next(model.parameters()).dtype == torch.float32
+    fp32, _ = load_variant("fp32", {"scheme": "fp32"}, fp32_artifact, torch.device("cpu"))
+    ids = load_prepared(tiny_prepared)[0]["test"]["input_ids"]
+    assert (predict(model, ids, 64, 50256) == predict(fp32, ids, 64, 50256)).mean() >= 0.9
 
 
 def _bound_check(kernel: str, device: torch.device) -> None:

@@ -124,7 +124,7 @@ def test_report_has_the_pareto_plot_the_recommendation_and_the_skipped_variants(
     assert q8["speedup"] == 1.25 and q8["speedup_ci95"] == [1.25, 1.25] and q8["speed_verdict"] == "faster"
     metrics = {p.stem: json.loads(p.read_text()) for p in out["metrics"].glob("*.json")}
     assert set(metrics) == {"fp32", "q8", "q4"}
-    assert all(len(m) <= 13 and all(isinstance(v, (int, float)) for v in m.values()) for m in metrics.values())
+    assert all(len(m) <= 14 and all(isinstance(v, (int, float)) for v in m.values()) for m in metrics.values())
     assert metrics["q8"]["speedup"] == 1.25 and metrics["q8"]["compression"] == 4.0
     pareto = pd.read_csv(out["pareto.csv"])
     assert list(pareto["variant"]) == ["fp32", "q8", "q4"] and {"accuracy", "latency_ms", "size_MiB"} <= set(pareto.columns)
@@ -136,3 +136,40 @@ def test_max_accuracy_drop_is_validated():
 
     with pytest.raises(PtqflowError, match="max_accuracy_drop must be a fraction"):
         build(ReportParams, {"max_accuracy_drop": 5}, "report")
+
+
+def test_many_variants_are_one_family_for_the_accuracy_verdicts(tmp_path):
+    """Ten variants flipping a few answers each way: a raw p just under 0.05 is a chance call among ten, and the
+    adjusted p says so (Holm by default; Benjamini-Hochberg as the option); a large real drop stays significant."""
+    from ptqflow.report import compare_all
+
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    actual = ["a", "b"] * 500
+    base = [("b" if x == "a" else "a") if i % 10 == 0 else x for i, x in enumerate(actual)]  # 90% right
+
+    def write(name, wrong_now, right_now):
+        pred = list(base)
+        right = [i for i in range(len(actual)) if base[i] == actual[i]]
+        wrong = [i for i in range(len(actual)) if base[i] != actual[i]]
+        for i in right[:wrong_now]:
+            pred[i] = "b" if actual[i] == "a" else "a"
+        for i in wrong[:right_now]:
+            pred[i] = actual[i]
+        pd.DataFrame({"actual": actual, "predicted": pred}).to_csv(pred_dir / f"{name}.csv", index=False)
+
+    write("fp32", 0, 0)
+    write("lucky", 1, 9)      # raw McNemar p = 0.0215: "significantly better" by chance alone among ten
+    write("lossy", 60, 0)     # a real 6-point drop
+    for k in range(8):
+        write(f"same{k}", 2, 2)
+    names = ["fp32", "lucky", "lossy", *(f"same{k}" for k in range(8))]
+    holm = compare_all(names, pred_dir, ReportParams())
+    assert holm["lucky"]["mcnemar_p"] < 0.05 and holm["lucky"]["mcnemar_p_adjusted"] >= 0.05
+    assert not holm["lucky"]["significant"] and holm["lucky"]["verdict"] == "no significant change"
+    assert holm["lossy"]["significant"] and holm["lossy"]["mcnemar_p_adjusted"] < 1e-10
+    assert holm["lucky"]["family_size"] == 10 and holm["fp32"]["mcnemar_p_adjusted"] == 1.0
+    none = compare_all(names, pred_dir, ReportParams(multiple_comparisons="none"))
+    assert none["lucky"]["significant"]  # what the report said before: one false call
+    bh = compare_all(names, pred_dir, ReportParams(multiple_comparisons="bh"))
+    assert holm["lucky"]["mcnemar_p_adjusted"] >= bh["lucky"]["mcnemar_p_adjusted"] >= none["lucky"]["mcnemar_p"]

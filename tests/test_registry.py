@@ -76,3 +76,26 @@ def test_the_quantize_stage_prints_one_short_line():
     assert summary_line("quantize@v", meta) == "quantize@v: int8 x int8; quantized: 8 projections, 2 embedding tables"
     assert summary_line("quantize@g", {"scheme": "fp8", "skipped": "needs CUDA"}) == "quantize@g: skipped on this machine: needs CUDA"
     assert summary_line("quantize@f", {"scheme": "fp32", "runtime_dtype": "float32"}) == "quantize@f: float32"
+
+
+def test_a_half_type_this_cpu_emulates_is_skipped_with_the_reason_unless_forced(monkeypatch):
+    """fp16 on a CPU without avx512_fp16 / amx_fp16 (the AMD EPYC kind) is skipped, decided from the flags; bf16
+    with avx512_bf16 runs; `emulated: true` runs it anyway."""
+    import torch
+
+    from ptqflow import machine
+    from ptqflow.quantize import resolve
+
+    cpu = torch.device("cpu")
+    amd = {"model": "AMD EPYC", "flags": ["avx512f", "avx512_vnni", "avx512_bf16"]}
+    monkeypatch.setattr(machine, "cpu_info", lambda cpuinfo="/proc/cpuinfo": amd)
+    scheme, options = resolve("fp16", {"scheme": "cast", "dtype": "float16"})
+    why = scheme.available(options, cpu)
+    assert why and "float16 is emulated on this CPU (AMD EPYC: no avx512_fp16 / amx_fp16" in why and "emulated: true" in why
+    assert scheme.available(*resolve("bf16", {"scheme": "cast", "dtype": "bfloat16"})[1:], cpu) is None
+    forced = resolve("fp16", {"scheme": "cast", "dtype": "float16", "emulated": True})[1]
+    assert scheme.available(forced, cpu) is None
+    assert scheme.available(options, torch.device("cuda")) is None  # GPUs have float16
+    amx = {"model": "Intel Xeon", "flags": ["avx512_fp16", "amx_bf16", "amx_fp16"]}
+    monkeypatch.setattr(machine, "cpu_info", lambda cpuinfo="/proc/cpuinfo": amx)
+    assert scheme.available(options, cpu) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptqflow.stats import compare_predictions, mcnemar_exact, paired_bootstrap_ci
+from ptqflow.stats import adjust_pvalues, compare_predictions, mcnemar_exact, paired_bootstrap_ci
 
 rng = np.random.default_rng(1)
 Y = rng.integers(0, 4, size=2000)
@@ -56,3 +56,16 @@ def test_bootstrap_is_seeded():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError):
         compare_predictions(Y, BASE, BASE[:-1])
+
+
+def test_holm_and_benjamini_hochberg_known_values():
+    p = {"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 -> 4x, 3x, 2x, 1x, then running max
+    assert adjust_pvalues(p, "holm") == pytest.approx({"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06})
+    # BH: m/rank x p = 0.02, 0.02, 0.04, 0.04, then running min from the top
+    assert adjust_pvalues(p, "bh") == pytest.approx({"d": 0.02, "a": 0.02, "c": 0.04, "b": 0.04})
+    assert adjust_pvalues(p, "none") == p
+    assert adjust_pvalues({"x": 0.6, "y": 0.7}, "holm") == pytest.approx({"x": 1.0, "y": 1.0})  # capped at 1
+    assert adjust_pvalues({}, "holm") == {}
+    with pytest.raises(ValueError):
+        adjust_pvalues(p, "bonferonni")

@@ -31,16 +31,34 @@ def test_flatten_keeps_numeric_leaves():
 
 
 def test_assets_copy_from_the_mirror(tmp_path, shared):
-    lines = assets.fetch_assets(shared, tmp_path / "data", tmp_path / "model")
+    models = (assets.ModelAsset("gpt2", "model", weights=False),)
+    lines = assets.fetch_assets(shared, tmp_path / "data", models, root=tmp_path)
     assert all("copied from" in line for line in lines)
     assert (tmp_path / "data" / "test.csv").read_bytes() == (shared / "data/ag_news/test.csv").read_bytes()
     assert (tmp_path / "model" / "tokenizer.json").is_file() and (tmp_path / "model" / "config.json").is_file()
 
 
+def test_assets_take_a_pretrained_folder_with_its_weights_from_the_mirror(tmp_path):
+    """A mirror's models/<name>/ with weights is copied whole; asked for weights it lacks, the Hub is needed."""
+    mirror = tmp_path / "mirror"
+    (mirror / "models" / "tiny-bert").mkdir(parents=True)
+    for name, text in (("config.json", "{}"), ("vocab.txt", "[PAD]\n"), ("model.safetensors", "w"), ("LICENSE", "x")):
+        (mirror / "models" / "tiny-bert" / name).write_text(text)
+    line = assets.fetch_model(assets.parse_model_asset("someone/tiny-bert=models/base/tiny-bert"), mirror, tmp_path)
+    assert "weights, tokenizer and config copied from" in line
+    assert sorted(p.name for p in (tmp_path / "models/base/tiny-bert").iterdir()) == ["LICENSE", "config.json",
+                                                                                        "model.safetensors", "vocab.txt"]
+    (mirror / "models" / "tiny-bert" / "model.safetensors").unlink()
+    with pytest.raises(PtqflowError, match="has no weights"):
+        assets.fetch_model(assets.ModelAsset("someone/tiny-bert", "other", weights=True), mirror, tmp_path)
+    with pytest.raises(PtqflowError, match="expected HUB_ID=FOLDER"):
+        assets.parse_model_asset("bert-base-uncased")
+
+
 def test_assets_offline_without_mirror_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(PtqflowError, match="needs the Hugging Face Hub, which is not reachable") as err:
-        assets.fetch_assets(tmp_path / "no-mirror", tmp_path / "data", tmp_path / "model")
+        assets.fetch_assets(tmp_path / "no-mirror", tmp_path / "data", root=tmp_path)
     assert "--mirror" in str(err.value)
     assert not (tmp_path / "data" / "train.csv").exists()
 

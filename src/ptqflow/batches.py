@@ -35,6 +35,22 @@ def longest_first(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def buckets(max_length: int, count: int = 4, multiple: int = 8) -> list[int]:
+    """`count` padded lengths up to `max_length` (e.g. 32, 64, 96, 128), each a multiple of `multiple`: the few
+    shapes a compiled variant is evaluated at, so that it compiles once per bucket instead of once per length."""
+    out = sorted({min(max_length, -(-max_length * k // count // multiple) * multiple) for k in range(1, count + 1)})
+    return out
+
+
+def bucketed(rows: list[list[int]], lengths: list[int], batch_size: int) -> tuple[list[list[int]], int]:
+    """(rows padded with repeats of the first row up to `batch_size`, the smallest of `lengths` that holds the
+    longest row): every batch of a compiled variant then has one of len(lengths) shapes. The repeated rows'
+    outputs are dropped by the caller (the first `len(rows)` answers are the real ones)."""
+    longest = max(len(r) for r in rows)
+    length = next((b for b in lengths if b >= longest), lengths[-1])
+    return rows + [rows[0]] * (batch_size - len(rows)), length
+
+
 def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A full (unpadded) batch of seeded random token ids: a transformer's compute does not depend on the ids."""
     gen = torch.Generator().manual_seed(seed)

@@ -238,10 +238,11 @@ def fix_threads(threads: int | None, device: torch.device) -> int:
 
 # --------------------------------------------------------------------------------------- speed stats
 def speeds_against(bench: dict, baseline: str, batch_size: int | None = None, resamples: int = 2000, seed: int = 0,
-                   equivalence: float = 0.05) -> dict[str, dict]:
-    """{variant: {speedup, speedup_ci95, speed_verdict, rounds}} against `baseline` at `batch_size` (default:
+                   equivalence: float = 0.05, alpha: float = 0.05, adjustment: str = "none") -> dict[str, dict]:
+    """{variant: {speedup, speedup_ci95, speed_verdict, rounds, ...}} against `baseline` at `batch_size` (default:
     the first), paired by round (stats.paired_speedup). A variant timed alone is paired with the anchor's
-    rounds beside it; variants without timings are left out."""
+    rounds beside it; variants without timings are left out. With `adjustment` other than none, each verdict
+    uses the simultaneous interval of the family of variants timed against `baseline` (stats.simultaneous_level)."""
     from .stats import paired_speedup
 
     records = bench["variants"]
@@ -254,17 +255,20 @@ def speeds_against(bench: dict, baseline: str, batch_size: int | None = None, re
     base = rounds(records.get(baseline, {}))
     if base is None:
         return {}
-    out = {}
+    pairs = {}
     for name, rec in records.items():
         mine, ref = rounds(rec), base
         if "anchor_latency" in rec:  # timed alone beside the anchor: paired only with the anchor's rounds there
             if baseline != bench["protocol"].get("anchor"):
                 continue
             ref = rounds(rec, "anchor_latency")
-        if mine is None or ref is None:
-            continue
-        out[name] = paired_speedup(ref, mine, resamples, seed, equivalence)
-    return out
+        if mine is not None and ref is not None:
+            pairs[name] = (ref, mine)
+    from .stats import simultaneous_level
+
+    level = simultaneous_level(alpha, len([n for n in pairs if n != baseline]), adjustment)
+    return {name: paired_speedup(ref, mine, resamples, seed, equivalence, verdict_level=level)
+            for name, (ref, mine) in pairs.items()}
 
 
 def latency_at(record: dict, batch_size: int, key: str = "latency") -> dict | None:
@@ -411,18 +415,20 @@ def _artifact_config(root: Path, variants: dict) -> dict:
     return {}
 
 
-def add_speeds(bench: dict, baseline: str, half: str | None) -> dict:
+def add_speeds(bench: dict, baseline: str, half: str | None, adjustment: str = "holm") -> dict:
     """Write `speedup`, `speedup_ci95`, `speed_verdict` (and the same against `half`) into every timed batch
-    of every variant: the fields the pipeline's comparison.json carries."""
+    of every variant: the fields the pipeline's comparison.json carries. Verdicts use the simultaneous interval
+    of the variants timed (stats.simultaneous_level), as the report's do."""
     for bs in bench["protocol"]["batch_sizes"]:
         for ref, suffix in ((baseline, ""), (half, "_vs_half")):
             if not ref:
                 continue
-            for name, sp in speeds_against(bench, ref, bs).items():
+            for name, sp in speeds_against(bench, ref, bs, adjustment=adjustment).items():
                 lat = latency_at(bench["variants"][name], bs)
                 lat.update({f"speedup{suffix}": sp["speedup"], f"speedup{suffix}_ci95": sp["speedup_ci95"],
                             f"speed_verdict{suffix}": "baseline" if name == ref else sp["speed_verdict"]})
     bench["half_baseline"] = half
+    bench["verdict_adjustment"] = adjustment
     return bench
 
 

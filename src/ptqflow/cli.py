@@ -13,7 +13,10 @@ def _assets(args: argparse.Namespace) -> None:
 
     from .assets import default_mirror
 
-    for line in fetch_assets(args.mirror or default_mirror(), args.data_dir, args.model_dir):
+    from .assets import MODELS, ModelAsset, parse_model_asset
+
+    models = [ModelAsset(MODELS[0].hub_id, args.model_dir, weights=False), *MODELS[1:], *map(parse_model_asset, args.model)]
+    for line in fetch_assets(args.mirror or default_mirror(), args.data_dir, tuple(models)):
         print(line)
 
 
@@ -133,11 +136,15 @@ def _predict(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptqflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("assets", help="copy AG News and the GPT-2 tokenizer/config from a mirror, else the Hub")
-    p.add_argument("--mirror", default=None,
-                   help="folder with data/ag_news/ and models/gpt2/ (default: $PTQFLOW_MIRROR, else ../shared beside the project)")
+    p = sub.add_parser("assets", help="copy AG News, the GPT-2 tokenizer/config and the pretrained all-MiniLM-L6-v2 "
+                       "from a mirror, else the Hub")
+    p.add_argument("--mirror", default=None, help="folder with data/ag_news/ and models/<name>/ (default: $PTQFLOW_MIRROR, "
+                   "else ../shared beside the project)")
     p.add_argument("--data-dir", default="data/raw/ag_news", help="where AG News goes (default: %(default)s)")
-    p.add_argument("--model-dir", default="models/base/gpt2", help="where the tokenizer + config go (default: %(default)s)")
+    p.add_argument("--model-dir", default="models/base/gpt2", help="where the GPT-2 tokenizer + config go (default: %(default)s)")
+    p.add_argument("--model", action="append", default=[], metavar="HUB_ID=DIR",
+                   help="also bring this model (weights, tokenizer, config) into DIR: from the mirror's models/<name>/, else "
+                   "the Hub (e.g. gpt2=models/base/gpt2-pretrained); repeatable")
     p.set_defaults(func=_assets)
     p = sub.add_parser("hub-check", help="fail fast, in one line, when the Hugging Face Hub cannot be reached")
     p.add_argument("what", nargs="*", default=["gpt2", "fancyzhx/ag_news"], help="what needs the Hub (for the message)")

@@ -64,6 +64,17 @@ class TrainParams:
     seed: int = 42
     eval_batch_size: int = 128
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 autocast for the forward/backward passes (weights, optimizer and the saved model stay float32):
+    # auto = where the device computes bf16 natively (CUDA with bf16, a CPU with avx512_bf16 / amx_bf16)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    group_by_length: bool = True  # batches of similar length (less padding); the order within is still random
+    # keep the input (token) embedding table as pretrained: no gradient or optimizer step for its vocab x width
+    # weights (half of a small encoder's parameters); a scratch model needs them trained
+    freeze_input_embeddings: bool = False
+    freeze_layers: int = 0  # the first N transformer layers keep their pretrained weights too (no backward through them)
+    # attention implementation while training: auto = eager on a CPU (its backward under bf16 autocast measured
+    # 18% faster than SDPA's there), the model's default (SDPA) on a GPU; evaluation keeps the model's default
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "train.lr", "a number > 0", self.lr)
@@ -72,6 +83,7 @@ class TrainParams:
         check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
         check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
         check(self.eval_batch_size > 0, "train.eval_batch_size", "an integer > 0", self.eval_batch_size)
+        check(self.freeze_layers >= 0, "train.freeze_layers", "an integer >= 0", self.freeze_layers)
 
 
 @dataclass
@@ -110,6 +122,9 @@ class ReportParams:
     baseline: str = "fp32"  # compression, speedup and the statistics are against this variant
     half_baseline: str = "auto"  # a second speedup column: this variant, or auto = the faster half-precision cast here
     alpha: float = 0.05  # McNemar significance level
+    # the verdicts hold jointly across the variants of a run: holm (family-wise error), bh (Benjamini-Hochberg,
+    # false discovery rate) or none; speed verdicts use the simultaneous (Bonferroni) interval unless none
+    multiple_comparisons: Literal["holm", "bh", "none"] = "holm"
     bootstrap_resamples: int = 2000
     seed: int = 0
     max_accuracy_drop: float = 0.005  # recommendation: accept a significant drop up to this (fraction; 0.005 = 0.5 points)

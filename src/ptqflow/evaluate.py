@@ -34,20 +34,28 @@ if TYPE_CHECKING:  # pandas, scikit-learn and datasets are imported when used: a
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module, input_ids: list[list[int]], batch_size: int, pad_id: int, desc: str = "predict",
-    length: int | None = None, token_types: list[list[int]] | None = None,
+    lengths: list[int] | None = None, token_types: list[list[int]] | None = None,
 ) -> np.ndarray:
     """Arg-max class of each example, in the given order. The rows run longest first (batches.longest_first),
-    each batch padded to its own longest row; with `length` (compiled variants: one shape to compile) every
-    batch is padded to it instead."""
+    each batch padded to its own longest row; with `lengths` (compiled variants: a few shapes to compile, never a
+    recompilation per length) every batch is padded to the smallest of them that holds it, and to `batch_size`
+    rows (batches.bucketed)."""
+    from .batches import bucketed
+
     device = model_device(model)
     input_ids = list(input_ids)  # a datasets Column reads Arrow on every index
     token_types = list(token_types) if token_types is not None else None
     preds = np.zeros(len(input_ids), dtype=np.int64)
     for rows in tqdm(longest_first([len(r) for r in input_ids], batch_size), desc=desc, unit="batch"):
+        ids = [input_ids[i] for i in rows]
         types = [token_types[i] for i in rows] if token_types is not None else None
-        batch = pad_batch([input_ids[i] for i in rows], pad_id, length, types)
+        length = None
+        if lengths:
+            ids, length = bucketed(ids, lengths, batch_size)
+            types = bucketed(types, lengths, batch_size)[0] if types is not None else None
+        batch = pad_batch(ids, pad_id, length, types)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        preds[rows] = logits.argmax(-1).cpu().numpy()
+        preds[rows] = logits[: len(rows)].argmax(-1).cpu().numpy()
     return preds
 
 
@@ -99,10 +107,13 @@ def evaluate_variant(
     compiled = run_options(variant, raw_variant).compile
 
     start = time.perf_counter()
-    # compiled variants get fixed-length batches: one shape to compile (and one CUDA graph) instead of many
-    length = meta["max_length"] if compiled != "none" else None
+    # compiled variants get a few fixed shapes (batches.buckets): each compiled (and CUDA-graphed) once, never a
+    # recompilation per batch length (dynamo's recompile limit would then run the rest eagerly)
+    from .batches import buckets
+
+    lengths = buckets(meta["max_length"]) if compiled != "none" else None
     types = test["token_type_ids"] if "token_type_ids" in test.column_names and uses_token_types(model.config) else None
-    y_pred = predict(model, test["input_ids"], params.batch_size, pad_id, desc=f"evaluate@{variant}", length=length,
+    y_pred = predict(model, test["input_ids"], params.batch_size, pad_id, desc=f"evaluate@{variant}", lengths=lengths,
                      token_types=types)
     predict_s = time.perf_counter() - start
     y_true = np.asarray(test["labels"])

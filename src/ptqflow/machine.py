@@ -33,6 +33,15 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     return {"model": model, "flags": flags}
 
 
+def native_half(dtype: str, flags: list[str] | None = None) -> bool:
+    """Whether this CPU does `dtype` ("bfloat16" / "float16") arithmetic in hardware, from its flags:
+    bf16 with avx512_bf16 or amx_bf16, fp16 with avx512_fp16 or amx_fp16. Without them PyTorch emulates the type
+    (correct, but float16 is then many times slower than float32)."""
+    flags = cpu_info()["flags"] if flags is None else flags
+    wanted = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}[dtype]
+    return any(f in flags for f in wanted)
+
+
 def device_name(device: torch.device) -> str:
     """The card's name on CUDA; on CPU the model, the flags that matter and the thread count."""
     if device.type == "cuda":

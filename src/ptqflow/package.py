@@ -5,7 +5,7 @@
   `AutoModelForSequenceClassification.from_pretrained`), an ONNX graph + external data (`ort_*`:
   `onnxruntime.InferenceSession`), or, for schemes whose saved form only ptqflow's registry reads
   (`int8_scratch`, `int8_dynamic`, `torchao`, `bnb_*`), that artifact with `ptqflow.json`; `loader` says which;
-- `tokenizer/`: the tokenizer it was trained with;
+- `tokenizer/`: the tokenizer it was trained with (from models/finetuned);
 - `README.md`: a model card with its Table 1 row, the accuracy change with CI and McNemar p, latency and
   speedup with CI, the machine and versions;
 - `package.json`: variant, scheme, options, loader, labels, max_length, where it came from.
@@ -37,9 +37,10 @@ def choose(comparison: dict, pick: str) -> str:
     return pick
 
 
-def package(pick: str, comparison_path: Path, artifacts_dir: Path, tokenizer_dir: Path, eval_dir: Path,
+def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir: Path, eval_dir: Path,
             prepared_meta: dict, out_dir: Path) -> dict:
-    """Write `out_dir` (atomically) for the chosen variant; returns package.json."""
+    """Write `out_dir` (atomically) for the chosen variant, with the tokenizer the model was fine-tuned with (saved
+    beside it in `finetuned_dir`: the pretrained model's own, or model.base's for a scratch model); returns package.json."""
     if not comparison_path.is_file():
         raise PtqflowError(f"{comparison_path}: missing (run: dvc repro report)")
     comparison = read_json(comparison_path)
@@ -53,7 +54,12 @@ def package(pick: str, comparison_path: Path, artifacts_dir: Path, tokenizer_dir
     from .quantize import SCHEMES
 
     loader = SCHEMES[qmeta["scheme"]].loader
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(finetuned_dir)
+    from transformers import AutoConfig
+
+    from .modeling import check_tokenizer
+
+    check_tokenizer(tokenizer, AutoConfig.from_pretrained(str(finetuned_dir)))
     with atomic_dir(out_dir) as tmp:
         shutil.copytree(artifact, tmp / "model")
         tokenizer.save_pretrained(str(tmp / "tokenizer"))

@@ -10,7 +10,8 @@ half-precision casts (scheme `cast`, not compiled) on the measuring machine. Siz
 `report.size_unit` (MiB = 2**20 bytes unless set to MB).
 
 The recommendation is computed from these numbers, nothing about it is fixed in code. A variant is
-*acceptable* when its accuracy drop against the baseline is not significant (McNemar p >= alpha) or is at
+*acceptable* when its accuracy drop against the baseline is not significant (McNemar p, adjusted for the number of variants
+(report.multiple_comparisons), >= alpha) or is at
 most `report.max_accuracy_drop` (a fraction: 0.005 = 0.5 points). Among the acceptable variants (the
 baseline included) the report names the smallest on disk (ties: the faster) and the fastest by effective
 speedup (ties: the smaller). Variant A dominates B when A is at least as accurate, as small and as fast
@@ -65,6 +66,8 @@ def compare_all(variants: list[str], predictions_dir: str | Path, params: Report
             raise PtqflowError(f"{path}: missing (run: dvc repro evaluate@{name})")
         return pd.read_csv(path, keep_default_na=False)
 
+    from .stats import apply_adjustment
+
     base = read(params.baseline)
     out = {}
     for name in variants:
@@ -75,7 +78,7 @@ def compare_all(variants: list[str], predictions_dir: str | Path, params: Report
             base["actual"].to_numpy(), base["predicted"].to_numpy(), pred["predicted"].to_numpy(),
             params.bootstrap_resamples, params.seed, params.alpha,
         )
-    return out
+    return apply_adjustment(out, params.multiple_comparisons, params.alpha, exclude=params.baseline)
 
 
 def half_baseline(details: dict[str, dict], params: ReportParams, bench: dict) -> str | None:
@@ -98,8 +101,9 @@ def summary_rows(details: dict[str, dict], params: ReportParams, bench: dict, st
         raise PtqflowError(f"params.yaml: report.baseline {params.baseline!r} is not among the variants ({', '.join(details)})")
     bs = bench["protocol"]["batch_sizes"][0]
     half = half_baseline(details, params, bench)
-    speed = speeds_against(bench, params.baseline, bs, params.bootstrap_resamples, params.seed, params.speed_equivalence)
-    speed_half = speeds_against(bench, half, bs, params.bootstrap_resamples, params.seed, params.speed_equivalence) if half else {}
+    args = (bs, params.bootstrap_resamples, params.seed, params.speed_equivalence, params.alpha, params.multiple_comparisons)
+    speed = speeds_against(bench, params.baseline, *args)
+    speed_half = speeds_against(bench, half, *args) if half else {}
     base = details[params.baseline]
     rows = []
     for name, m in details.items():
@@ -127,6 +131,8 @@ def summary_rows(details: dict[str, dict], params: ReportParams, bench: dict, st
                 "speedup": sp["speedup"] if sp else None,
                 "speedup_ci95": sp["speedup_ci95"] if sp else None,
                 "speed_verdict": ("baseline" if name == params.baseline else sp["speed_verdict"]) if sp else "not timed",
+                "speedup_ci_verdict": sp["speedup_ci_verdict"] if sp else None,
+                "speed_verdict_level": sp["verdict_level"] if sp else None,
                 "effective_speedup": (1.0 if sp["speed_verdict"] == SAME or name == params.baseline else sp["speedup"]) if sp else None,
                 "speedup_vs_half": sh["speedup"] if sh else None,
                 "speedup_vs_half_ci95": sh["speedup_ci95"] if sh else None,
@@ -146,13 +152,23 @@ def acceptable(row: dict, base: dict, params: ReportParams) -> tuple[bool, str]:
     drop = base["accuracy"] - row["accuracy"]
     change = f"accuracy {-drop * 100:+.2f} pts"
     st = row.get("stats")
-    if st and st["mcnemar_p"] >= params.alpha:
-        return True, f"{change}, not significant (McNemar p = {st['mcnemar_p']:.3g} >= {params.alpha})"
-    p = f" (McNemar p = {st['mcnemar_p']:.3g})" if st else ""
+    if st and st.get("mcnemar_p_adjusted", st["mcnemar_p"]) >= params.alpha:
+        return True, f"{change}, not significant ({_p_text(st)} >= {params.alpha})"
+    p = f" ({_p_text(st)})" if st else ""
     limit = f"report.max_accuracy_drop ({params.max_accuracy_drop * 100:.2f} pts)"
     if drop <= params.max_accuracy_drop:
         return True, f"{change}, significant{p} but within {limit}"
     return False, f"{change}, significant{p} and a drop above {limit}"
+
+
+ADJUSTMENT_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no adjustment"}
+
+
+def _p_text(st: dict) -> str:
+    """'McNemar p = 0.021, Holm-adjusted 0.19' (or the raw p alone when nothing was adjusted)."""
+    raw = f"McNemar p = {st['mcnemar_p']:.3g}"
+    method = st.get("adjustment", "none") if "mcnemar_p_adjusted" in st else "none"
+    return raw if method == "none" else f"{raw}, {ADJUSTMENT_NAMES[method]}-adjusted {st['mcnemar_p_adjusted']:.3g}"
 
 
 def recommend(rows: list[dict], params: ReportParams) -> dict:
@@ -173,6 +189,7 @@ def recommend(rows: list[dict], params: ReportParams) -> dict:
         "pareto_front": pareto_front(rows),
         "max_accuracy_drop": params.max_accuracy_drop,
         "alpha": params.alpha,
+        "multiple_comparisons": params.multiple_comparisons,
     }
 
 
@@ -204,18 +221,25 @@ def recommendation_markdown(rec: dict, rows: list[dict], params: ReportParams) -
 def format_table(rows: list[dict], unit: str, baseline: str = "fp32") -> str:
     """The comparison as a markdown table, one row per variant (what `make run` prints)."""
     half = next((r["half_baseline"] for r in rows if r.get("half_baseline")), None)
-    head = ["variant", "accuracy", "Δacc [95% CI]", "McNemar p", "macro F1", f"size ({unit})", "compression",
+    head = ["variant", "accuracy", "Δacc [95% CI]", "McNemar p", "p adjusted", "macro F1", f"size ({unit})", "compression",
             "median (ms)", "p95 (ms)", f"speedup vs {baseline} [95% CI]", "speed", f"vs {half or 'half'} [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         st = r.get("stats")
         cells = [
-            r["variant"], f"{r['accuracy']:.4f}", _delta(st), f"{st['mcnemar_p']:.3g}" if st else "-", f"{r['f1']:.4f}",
+            r["variant"], f"{r['accuracy']:.4f}", _delta(st), f"{st['mcnemar_p']:.3g}" if st else "-",
+            _p_adjusted(st), f"{r['f1']:.4f}",
             f"{r['size']:.2f}", f"{r['compression']:.2f}x", _ms(r["latency_ms"]), _ms(r["latency_p95_ms"]),
             speed_text(r), r["speed_verdict"], speed_text(r, "_vs_half"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _p_adjusted(st: dict | None) -> str:
+    if not st or "mcnemar_p_adjusted" not in st:
+        return "-"
+    return f"{st['mcnemar_p_adjusted']:.3g}" + ("" if st.get("adjustment", "none") == "none" else f" ({st['adjustment']})")
 
 
 def _ms(value: float | None) -> str:
@@ -250,6 +274,9 @@ def table1(rows: list[dict], unit: str, baseline: str = "fp32") -> str:
         lines.append("| Accuracy Δ vs baseline [95% CI] | " + " | ".join(_delta(r["stats"]) for r in rows) + " |")
         lines.append("| Agreement with baseline | " + " | ".join(f"{r['stats']['agreement']:.4f}" for r in rows) + " |")
         lines.append("| McNemar exact p | " + " | ".join(f"{r['stats']['mcnemar_p']:.3g}" for r in rows) + " |")
+        method = rows[0]["stats"].get("adjustment", "none")
+        lines.append(f"| McNemar p, {ADJUSTMENT_NAMES[method]}-adjusted | "
+                     + " | ".join(_p_adjusted(r["stats"]).split(" (")[0] for r in rows) + " |")
         lines.append("| Verdict | " + " | ".join(r["stats"]["verdict"] for r in rows) + " |")
     return "\n".join(lines)
 
@@ -295,13 +322,13 @@ def render_markdown(
         "",
         f"Statistics against `{params.baseline}` on the same test examples: accuracy difference with a paired "
         f"bootstrap 95% interval ({params.bootstrap_resamples} resamples, seed {params.seed}), agreement (share of "
-        f"identical predictions) and McNemar's exact test on the discordant pairs; \"no significant change\" "
-        f"means p >= {params.alpha}.",
+        f"identical predictions) and McNemar's exact test on the discordant pairs. {multiplicity_rule(params, rows)}",
         "",
         "Run-time precision of each variant:",
         "",
         *[f"- `{r['variant']}` ({r['scheme']}): {r['runtime_dtype']}" for r in rows],
         "",
+        *outlier_lines(details),
     ]
     others = _other_batch_sizes(rows, bench, params)
     if others:
@@ -311,7 +338,7 @@ def render_markdown(
                 *[f"- `{name}`: {why}" for name, why in skipped.items()], ""]
     if rec:
         out += ["## Recommendation", "",
-                f"Acceptable: accuracy drop against `{params.baseline}` not significant (McNemar p >= {params.alpha}) or at most "
+                f"Acceptable: accuracy drop against `{params.baseline}` not significant (adjusted McNemar p >= {params.alpha}) or at most "
                 f"{params.max_accuracy_drop * 100:.2f} points (`report.max_accuracy_drop`). Speed is the interleaved "
                 "benchmark's, on this machine; a variant with no measurable difference counts as equal in speed to "
                 f"`{params.baseline}`; compilation time is not included.", "",
@@ -322,6 +349,41 @@ def render_markdown(
     return "\n".join(out)
 
 
+def outlier_lines(details: dict[str, dict], top: int = 5) -> list[str]:
+    """Where the activation outliers are: for each variant that calibrated static activation scales, the
+    projections whose calibrated input range max |x| is largest (one outlier channel sets a per-tensor scale
+    for every channel of that tensor), against the median range of all its projections."""
+    import statistics
+
+    out = []
+    for name, m in details.items():
+        ranges = (m.get("quantization") or {}).get("input_absmax") or {}
+        if not ranges:
+            continue
+        median = statistics.median(ranges.values())
+        worst = sorted(ranges.items(), key=lambda kv: -kv[1])[:top]
+        out.append(f"- `{name}`: largest calibrated input ranges max|x| (median of its {len(ranges)} projections "
+                   f"{median:.3g}): " + ", ".join(f"`{n}` {v:.3g} ({v / median:.1f}x)" for n, v in worst))
+    return ["Activation ranges of the statically calibrated variants (where the outlier dimensions are):", "", *out, ""] if out else []
+
+
+def multiplicity_rule(params: ReportParams, rows: list[dict]) -> str:
+    """The report's sentence on how the verdicts of many variants against one baseline are kept honest."""
+    m = sum(1 for r in rows if r["variant"] != params.baseline)
+    method = params.multiple_comparisons
+    if method == "none":
+        return (f"\"Significant change\" means p < {params.alpha}, each variant on its own (report.multiple_comparisons: none): "
+                f"with {m} variants, about {m * params.alpha:.1f} such calls are expected by chance alone.")
+    what = ("the family-wise error rate (the chance of any false call)" if method == "holm"
+            else "the false discovery rate (the expected share of false calls among the significant ones)")
+    level = next((r["speed_verdict_level"] for r in rows if r.get("speed_verdict_level")), None)
+    speed = (f" Speed verdicts likewise use simultaneous intervals (Bonferroni, {level:.2%} each) of the {m} variants; "
+             "the bracketed interval shown is the plain 95% one." if level else "")
+    return (f"The {m} variants are one family of comparisons against `{params.baseline}`: their p-values are adjusted by "
+            f"{ADJUSTMENT_NAMES[method]} (report.multiple_comparisons: {method}), which keeps {what} at {params.alpha}; "
+            f"\"significant change\" means adjusted p < {params.alpha}.{speed}")
+
+
 def _other_batch_sizes(rows: list[dict], bench: dict, params: ReportParams) -> str:
     from .benchmark import latency_at, speeds_against
 
@@ -330,7 +392,8 @@ def _other_batch_sizes(rows: list[dict], bench: dict, params: ReportParams) -> s
         return ""
     lines = [f"| variant | batch | median (ms) | p95 (ms) | speedup vs {params.baseline} [95% CI] | speed |", "|---|---|---|---|---|---|"]
     for bs in sizes:
-        speed = speeds_against(bench, params.baseline, bs, params.bootstrap_resamples, params.seed, params.speed_equivalence)
+        speed = speeds_against(bench, params.baseline, bs, params.bootstrap_resamples, params.seed, params.speed_equivalence,
+                               params.alpha, params.multiple_comparisons)
         for r in rows:
             lat = latency_at(bench["variants"].get(r["variant"], {}), bs)
             sp = speed.get(r["variant"])
@@ -351,6 +414,7 @@ def metrics_record(row: dict, unit: str) -> dict:
         "delta_ci95_low": st.get("delta_ci95_low"),
         "delta_ci95_high": st.get("delta_ci95_high"),
         "mcnemar_p": st.get("mcnemar_p"),
+        "mcnemar_p_adjusted": st.get("mcnemar_p_adjusted"),
         f"size_{unit.lower()}": round(row["size"], 4),
         "compression": round(row["compression"], 4),
         "latency_median_ms": row["latency_ms"],
@@ -403,6 +467,9 @@ def build_report(
         "half_baseline": rows[0]["half_baseline"],
         "batch_size": bench["protocol"]["batch_sizes"][0],
         "speed_equivalence": params.speed_equivalence,
+        "multiple_comparisons": {"method": params.multiple_comparisons, "alpha": params.alpha,
+                                 "family_size": sum(1 for r in rows if r["variant"] != params.baseline),
+                                 "rule": multiplicity_rule(params, rows)},
         "device": bench["environment"]["device_name"],
         "variants": {r["variant"]: r for r in rows},
         "recommendation": rec,

@@ -7,7 +7,15 @@
 - paired bootstrap: resample the n examples with replacement R times (seeded), each time taking
   mean(correct_variant - correct_baseline); the 95% interval is the 2.5th and 97.5th percentile of those R
   differences. delta_accuracy = accuracy(variant) - accuracy(baseline).
-A variant is marked "no significant change" when p >= alpha, else "significant change".
+A variant is marked "no significant change" when p >= alpha, else "significant change"; with several variants
+against one baseline, `p` is the adjusted p-value of the family (below), so that the verdicts hold jointly.
+
+Many variants, one baseline (`adjust_pvalues`): the m raw p-values p_(1) <= ... <= p_(m) of the variants that
+were compared are adjusted for the number of comparisons:
+- Holm (step-down, controls the family-wise error rate): p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j));
+- Benjamini-Hochberg (controls the false discovery rate): p~_(i) = min_{j >= i} min(1, m / j * p_(j));
+- none: p~ = p.
+A variant is called significantly different when p~ < alpha.
 
 Speed, from the interleaved benchmark (benchmark.py): in round i every variant is visited once, close in time,
 and t_i is a variant's median pass time in that round. The paired ratio r_i = t_i(baseline) / t_i(variant)
@@ -15,7 +23,9 @@ and t_i is a variant's median pass time in that round. The paired ratio r_i = t_
 median over rounds (rounds resampled with replacement, seeded). speed_verdict is "faster" when the whole
 interval lies above 1 and the speedup is at least 1 + equivalence, "slower" when it lies below 1 and the
 speedup is at most 1 / (1 + equivalence), else "no measurable difference" (then the variant counts as
-equal in speed to the baseline).
+equal in speed to the baseline). With m variants timed against one baseline, the verdict's interval is the
+simultaneous one (Bonferroni: level 1 - alpha / m per variant), so that no verdict is a chance result of
+looking at many; the plain 95% interval is reported beside it.
 """
 
 from __future__ import annotations
@@ -76,14 +86,53 @@ def compare_predictions(
     }
 
 
+ADJUSTMENTS = ("holm", "bh", "none")
+
+
+def adjust_pvalues(pvalues: dict[str, float], method: str = "holm") -> dict[str, float]:
+    """Adjusted p-values for a family of comparisons against one baseline (module docstring)."""
+    if method not in ADJUSTMENTS:
+        raise ValueError(f"unknown adjustment {method!r} (known: {', '.join(ADJUSTMENTS)})")
+    names = sorted(pvalues, key=lambda n: (pvalues[n], n))
+    m = len(names)
+    raw = np.array([pvalues[n] for n in names], dtype=np.float64)
+    if method == "none" or m == 0:
+        adjusted = raw
+    elif method == "holm":
+        adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * raw))
+    else:  # Benjamini-Hochberg
+        adjusted = np.minimum.accumulate(np.minimum(1.0, m / np.arange(1, m + 1) * raw)[::-1])[::-1]
+    return {n: float(a) for n, a in zip(names, adjusted)}
+
+
+def apply_adjustment(comparisons: dict[str, dict], method: str, alpha: float, exclude: str | None = None) -> dict[str, dict]:
+    """Add `mcnemar_p_adjusted` and `adjustment` to each comparison and base `significant` / `verdict` on the
+    adjusted p; the family is every compared variant except `exclude` (the baseline against itself)."""
+    family = {n: c["mcnemar_p"] for n, c in comparisons.items() if n != exclude}
+    adjusted = adjust_pvalues(family, method)
+    for name, c in comparisons.items():
+        p = adjusted.get(name, c["mcnemar_p"])
+        c.update({"mcnemar_p_adjusted": p, "adjustment": method, "family_size": len(family), "significant": bool(p < alpha),
+                  "verdict": "significant change" if p < alpha else "no significant change"})
+    return comparisons
+
+
+def simultaneous_level(alpha: float, family_size: int, method: str) -> float:
+    """The confidence level of each of `family_size` intervals that hold jointly at 1 - alpha (Bonferroni); the
+    plain 1 - alpha with no adjustment."""
+    return 1.0 - alpha / max(family_size, 1) if method != "none" else 1.0 - alpha
+
+
 FASTER, SLOWER, SAME = "faster", "slower", "no measurable difference"
 
 
 def paired_speedup(
     base_round_ms: list[float], variant_round_ms: list[float], resamples: int = 2000, seed: int = 0,
-    equivalence: float = 0.05, level: float = 0.95,
+    equivalence: float = 0.05, level: float = 0.95, verdict_level: float | None = None,
 ) -> dict:
-    """Median per-round ratio baseline / variant, its bootstrap interval over rounds and the verdict (module docstring)."""
+    """Median per-round ratio baseline / variant, its bootstrap interval over rounds and the verdict (module
+    docstring). The verdict uses the interval at `verdict_level` (the simultaneous one of a family; default `level`),
+    reported as `speedup_ci_verdict` with that level."""
     base, var = np.asarray(base_round_ms, dtype=np.float64), np.asarray(variant_round_ms, dtype=np.float64)
     if len(base) != len(var) or len(base) == 0:
         raise ValueError("paired speedup needs the same, non-zero number of rounds for both")
@@ -91,7 +140,10 @@ def paired_speedup(
     rng = np.random.default_rng(seed)
     medians = np.median(ratios[rng.integers(0, len(ratios), size=(resamples, len(ratios)))], axis=1)
     tail = (1 - level) / 2 * 100
-    lo, hi = (float(x) for x in np.percentile(medians, [tail, 100 - tail]))
+    lo95, hi95 = (float(x) for x in np.percentile(medians, [tail, 100 - tail]))
+    verdict_level = level if verdict_level is None else verdict_level
+    vtail = (1 - verdict_level) / 2 * 100
+    lo, hi = (float(x) for x in np.percentile(medians, [vtail, 100 - vtail]))
     speedup = float(np.median(ratios))
     if lo > 1.0 and speedup >= 1.0 + equivalence:
         verdict = FASTER
@@ -99,5 +151,6 @@ def paired_speedup(
         verdict = SLOWER
     else:
         verdict = SAME
-    return {"speedup": round(speedup, 4), "speedup_ci95": [round(lo, 4), round(hi, 4)], "speed_verdict": verdict,
+    return {"speedup": round(speedup, 4), "speedup_ci95": [round(lo95, 4), round(hi95, 4)], "speed_verdict": verdict,
+            "speedup_ci_verdict": [round(lo, 4), round(hi, 4)], "verdict_level": round(verdict_level, 6),
             "rounds": int(len(ratios))}

@@ -80,6 +80,17 @@ def of(model: nn.Module) -> Structure:
     return Structure(config.model_type, prefix, tuple(projections), tuple(conv1d), tuple(head), tables, pooling_for(config))
 
 
+def layers(model: nn.Module) -> nn.ModuleList:
+    """The body's stack of transformer layers, in order (BERT's encoder.layer, GPT-2's h, Llama's layers): the
+    first ModuleList in the body with one entry per `config.num_hidden_layers`."""
+    body = getattr(model, body_prefix(model))
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in body.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise PtqflowError(f"{type(model).__name__}: no list of {count} transformer layers found in its body")
+
+
 def _role(module: nn.Module, input_table: nn.Module | None, config) -> str:
     if module is input_table:
         return "input"

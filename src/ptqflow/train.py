@@ -45,17 +45,20 @@ def finetune(
     tokenizer = checked_tokenizer(model_params, meta["max_length"])
     model = build_model(model_params, meta["classes"], tokenizer.pad_token_id)
     configure_padding(tokenizer, model)
+    freeze(model, model_params, train_params)
     device = pick_device(train_params.device)
+    attention = training_attention(model, train_params.attention, device)
     text_columns = [c for c in ("text", meta.get("text_pair")) if c]
     if "token_type_ids" in data["train"].column_names and not uses_token_types(model.config):
         text_columns.append("token_type_ids")  # segments only for architectures that embed them
 
-    args = _training_args(train_params, work_dir, device)
+    bf16 = use_bf16(train_params.precision, device)
+    args = _training_args(train_params, work_dir, device, bf16)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=data["train"].remove_columns(text_columns),
-        eval_dataset=data["validation"].remove_columns(text_columns),
+        eval_dataset=longest_first(data["validation"]).remove_columns(text_columns),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         compute_metrics=_accuracy,
     )
@@ -63,7 +66,7 @@ def finetune(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
-    final_eval = trainer.evaluate()
+    final_eval = _last_eval(trainer) or trainer.evaluate()
 
     if trainer.is_world_process_zero():  # under torchrun only rank 0 writes
         with atomic_dir(out_dir) as tmp:
@@ -92,16 +95,70 @@ def finetune(
         "wall_time_s": round(wall, 2),
         "resumed_from_checkpoint": checkpoint is not None,
         "device": device_name(device),
+        "precision": "bf16 autocast (float32 weights)" if bf16 else "float32",
+        "attention": attention,
+        "group_by_length": train_params.group_by_length,
         "world_size": world,
         "per_device_batch_size": train_params.batch_size,
         "effective_batch_size": train_params.batch_size * world * args.gradient_accumulation_steps,
         "learning_rate": train_params.lr,
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        "n_trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_rows": len(data["train"]),
         "validation_rows": len(data["validation"]),
         "torch": torch.__version__,
     }
+
+
+def training_attention(model: torch.nn.Module, requested: str, device: torch.device) -> str:
+    """Set the attention implementation used while training (`train.attention`; the saved config does not keep it,
+    so evaluation and export use the model's default): auto = eager on a CPU, where its backward under bf16
+    autocast ran 243 ms vs SDPA's 296 ms per batch of 16 x 64 tokens (all-MiniLM-L6-v2, 2-core AMD EPYC,
+    2026-11-30), else the default. An architecture that cannot switch keeps its own (returned, and recorded)."""
+    current = getattr(model.config, "_attn_implementation", None) or "default"
+    wanted = requested if requested != "auto" else ("eager" if device.type == "cpu" else current)
+    if wanted != current and getattr(model, "_can_set_attn_implementation", lambda: False)():
+        model.set_attn_implementation(wanted)
+    return getattr(model.config, "_attn_implementation", None) or current
+
+
+def freeze(model: torch.nn.Module, model_params: ModelParams, train_params: TrainParams) -> None:
+    """Keep pretrained parts as loaded: the input (token) embedding table (`freeze_input_embeddings`: no gradient
+    or optimizer step for its vocab x width weights) and the first `freeze_layers` transformer layers (no backward
+    pass through them either). A scratch model has nothing pretrained to keep: asking is a one-line error."""
+    from .errors import PtqflowError
+    from .structure import layers
+
+    if not (train_params.freeze_input_embeddings or train_params.freeze_layers):
+        return
+    if model_params.init == "scratch":
+        raise PtqflowError("params.yaml: train.freeze_input_embeddings / freeze_layers need model.init: pretrained (a scratch "
+                           "model's weights are random and must be trained)")
+    if train_params.freeze_input_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if train_params.freeze_layers:
+        stack = layers(model)
+        if train_params.freeze_layers >= len(stack):
+            raise PtqflowError(f"params.yaml: train.freeze_layers {train_params.freeze_layers} leaves none of the model's "
+                               f"{len(stack)} layers to train")
+        for layer in list(stack)[: train_params.freeze_layers]:
+            layer.requires_grad_(False)
+
+
+def longest_first(ds):
+    """The rows sorted by length, longest first: each evaluation batch is padded to its own longest row, so
+    sorted rows pad (and cost) far less than rows in their original order; accuracy does not depend on it."""
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    return ds.select(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
+
+
+def _last_eval(trainer: Trainer) -> dict | None:
+    """The validation scores logged at the last step (the last epoch's evaluation), so it is not run twice."""
+    for row in reversed(trainer.state.log_history):
+        if "eval_accuracy" in row:
+            return row if row.get("step") == trainer.state.global_step else None
+    return None
 
 
 def is_main_process() -> bool:
@@ -115,8 +172,23 @@ def run_fingerprint(model_params: ModelParams, train_params: TrainParams, data_m
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _training_args(p: TrainParams, work_dir: str | Path, device: torch.device) -> TrainingArguments:
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: asked for (`bf16`), or `auto` and the device computes bf16 natively
+    (machine.native_half on a CPU; torch.cuda.is_bf16_supported on a GPU). The weights, the optimizer state and
+    the saved model stay float32 either way: that is the baseline every variant is quantized from."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from .machine import native_half
+
+    return native_half("bfloat16")
+
+
+def _training_args(p: TrainParams, work_dir: str | Path, device: torch.device, bf16: bool = False) -> TrainingArguments:
     return TrainingArguments(
+        bf16=bf16,
+        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
         output_dir=str(work_dir),
         learning_rate=p.lr,
         per_device_train_batch_size=p.batch_size,
@@ -125,7 +197,7 @@ def _training_args(p: TrainParams, work_dir: str | Path, device: torch.device) -
         weight_decay=p.weight_decay,
         warmup_steps=p.warmup_ratio,  # a float in [0, 1) is a share of the total steps
         lr_scheduler_type="linear",
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # one fused kernel per step (CPU and CUDA): 5 vs 16 ms per step on the CPU
         seed=p.seed,
         data_seed=p.seed,
         eval_strategy="epoch",

@@ -70,7 +70,7 @@ class Fp8Linear(nn.Module):
 
     ptqflow_projection = True  # structure.py counts it as a body projection
 
-    def __init__(self, in_features: int, out_features: int, options: Fp8Options):
+    def __init__(self, in_features: int, out_features: int, options: Fp8Options, device: torch.device | None = None):
         super().__init__()
         static = options.activations == "static"
         self.in_features, self.out_features, self.static, self.fast_accum = in_features, out_features, static, options.fast_accum
@@ -104,7 +104,7 @@ def encode(w: torch.Tensor, options: Fp8Options) -> dict[str, torch.Tensor]:
     return {"weight_fp8": to_e4m3(w, s_w), "weight_scale": s_w.reshape(1, -1)}
 
 
-def _kernel(options: Fp8Options) -> str:
+def _kernel(options: Fp8Options, device: torch.device | None = None) -> str:
     return "torch._scaled_mm" + (" fast-accum" if options.fast_accum else "")
 
 

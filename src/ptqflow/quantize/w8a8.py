@@ -8,7 +8,8 @@ artifact. A scheme supplies a `Codec`: how it encodes a weight and which layer r
     clamp and a cast that torch.compile fuses into the kernel that produced x (layer norm, GELU).
 
 Every body projection structure.py finds is quantized except those whose module name contains one of
-`keep_bf16`; the head and everything else run in bfloat16. What ran in 8 bits is counted at load.
+`keep_bf16`; the head and everything else run in bfloat16 (or the scheme's `dtype`). What ran in 8 bits is
+counted at load.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class Codec:
     encode: Callable[[torch.Tensor, Any], dict[str, torch.Tensor]]  # W [N, K] float32 -> the layer's weight buffers
     layer: type[nn.Module]  # layer(K in, N out, options): empty buffers weight*, input_scale, bias
     kernel: Callable[[Any], str]  # options -> what runs the product (recorded)
+
+
+def rest_dtype(options: Any) -> torch.dtype:
+    """What everything outside the 8-bit products runs in: the scheme's `dtype` option, else bfloat16."""
+    return getattr(torch, getattr(options, "dtype", "bfloat16"))
 
 
 def is_static(options: Any) -> bool:
@@ -94,15 +100,18 @@ def quantize(src_dir: Path, out_dir: Path, options: Any, calibration: Calibratio
         tensors.update({f"{name}.{k}": v.contiguous() for k, v in codec.encode(w, options).items()})
         tensors[f"{name}.input_scale"] = torch.tensor(max(ranges.get(name, 0.0), 1e-12) / codec.qmax, dtype=torch.float32)
         bias = module.bias if module.bias is not None else torch.zeros(w.shape[0])
-        tensors[f"{name}.bias"] = bias.detach().to(torch.bfloat16).contiguous()
+        tensors[f"{name}.bias"] = bias.detach().to(rest_dtype(options)).contiguous()
         structure.replace_module(model, name, nn.Identity())
-    tensors.update({k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k not in tensors})
+    tensors.update({k: v.detach().to(rest_dtype(options)).contiguous() for k, v in model.state_dict().items() if k not in tensors})
     save_file(tensors, str(out_dir / codec.weights_file), metadata={"w8a8_layers": ",".join(chosen)})
     shutil.copy(src_dir / "config.json", out_dir / "config.json")
     scales = "static calibrated" if is_static(options) else "dynamic per-row"
+    rest = str(rest_dtype(options)).replace("torch.", "")
     return {
         "runtime_dtype": f"{codec.label} weights x {codec.label} activations ({scales} scales) in {len(chosen)} "
-                         f"projections, scales in the GEMM epilogue ({codec.kernel(options)}); bfloat16 elsewhere",
+                         f"projections, scales in the GEMM epilogue ({codec.kernel(options)}); {rest} elsewhere",
+        # the calibrated input range of each projection, largest first: where the outlier dimensions are
+        "input_absmax": dict(sorted(((n, round(r, 4)) for n, r in ranges.items()), key=lambda kv: -kv[1])),
         "quantized_modules": len(chosen),
         "kept_bf16": [n for n in found.projections if n not in chosen],
         "kept_full_precision": list(found.head),
@@ -117,11 +126,11 @@ def load(artifact_dir: Path, options: Any, device: torch.device, codec: Codec) -
     path = artifact_dir / codec.weights_file
     tensors, meta = read_weights(path)
     layers = [n for n in (meta.get("w8a8_layers") or "").split(",") if n]
-    model = skeleton(artifact_dir, torch.bfloat16)
+    model = skeleton(artifact_dir, rest_dtype(options))
     structure.conv1d_to_linear(model)
     for name in layers:
         k, n = structure.in_out_features(model.get_submodule(name))
-        structure.replace_module(model, name, codec.layer(k, n, options))
+        structure.replace_module(model, name, codec.layer(k, n, options, device))
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -129,7 +138,7 @@ def load(artifact_dir: Path, options: Any, device: torch.device, codec: Codec) -
     model = model.to(device)
     quantized = sum(isinstance(m, codec.layer) for m in model.modules())
     structure.expect(quantized, len(layers), f"{codec.label} projections", str(path))
-    model.ptqflow_runtime = {"kernel": codec.kernel(options), "w8a8_layers": quantized,
+    model.ptqflow_runtime = {"kernel": codec.kernel(options, device), "w8a8_layers": quantized,
                              "activations": getattr(options, "activations", "static"),
                              "bf16_layers": len(structure.of(model).projections) - quantized}
     return model
