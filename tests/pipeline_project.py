@@ -29,7 +29,8 @@ def _cpu_skips() -> list[str]:
 SKIPPED = _cpu_skips()  # on this CPU their stages run and say why they were not quantized or evaluated
 VARIANTS = [v for v in ["fp32", "fp16", "bf16", "int8_scratch", "int8_bnb", "nf4_bnb", "int8_dynamic", "nf4_bnb_emb4"]
             if v not in SKIPPED]
-NOISE = ("Failed to load", "is an Enum subclass and is now natively supported", "interpreted in multiple ways")  # console.py drops these
+NOISE = ("Failed to load", "is an Enum subclass and is now natively supported", "interpreted in multiple ways",
+         "MatMul8bitLt: inputs will be cast", "Add type hints to the `predict`", "recompile_limit")  # console.py drops these; no recompilation storm
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:

@@ -103,6 +103,14 @@ def test_report_has_the_pareto_plot_the_recommendation_and_the_skipped_variants(
                  environment={"device_name": "cpu", "torch": "t", "transformers": "t", "bitsandbytes": None})
         (details_dir / f"{name}.json").write_text(json.dumps(m))
         pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(pred_dir / f"{name}.csv", index=False)
+    q8 = json.loads((details_dir / "q8.json").read_text())  # as int8_static with `sensitivity` and `budget` records them
+    table = {f"body.layers.{i}.{kind}": {"kl": 0.1 * (i + 1) * (2 if kind == "fc" else 1), "nmse": 0.01, "delta_accuracy": 0.0,
+                                         "layer": str(i), "type": kind} for i in range(2) for kind in ("qkv", "fc")}
+    q8["quantization"] = {"sensitivity": {"rows": 64, "by_projection": table}, "mac_share_8bit": 0.75,
+                          "input_absmax": {"body.layers.1.fc": 40.0, "body.layers.0.qkv": 4.0},
+                          "budget": {"kept": ["body.layers.1.fc"], "k": 1, "validation_drop": 0.002, "max_drop": 0.005,
+                                     "rows": 100, "tried": [{"kept": 0, "drop": 0.02}, {"kept": 1, "drop": 0.002}]}}
+    (details_dir / "q8.json").write_text(json.dumps(q8))
     (details_dir / "gpu_only.json").write_text(json.dumps({"variant": "gpu_only", "scheme": "torchao", "skipped": "needs CUDA"}))
     bench = tmp_path / "benchmark.json"
     bench.write_text(json.dumps(fake_bench({"fp32": 10.0, "q8": 8.0, "q4": 9.0})))
@@ -116,6 +124,11 @@ def test_report_has_the_pareto_plot_the_recommendation_and_the_skipped_variants(
     assert "## Variants not run on this machine" in text and "`gpu_only`: needs CUDA" in text
     assert "timed interleaved" in text and "1.25x [1.25, 1.25]" in text
     assert (out["figures"] / "pareto.png").stat().st_size > 10_000
+    assert "## Sensitivity: which projections quantization hurts" in text and "| `body.layers.1.fc` | 1 | 0.4 |" in text
+    assert "1 projection(s) kept in float (`body.layers.1.fc`)" in text and "75.0% of the body's" in text
+    assert (out["figures"] / "sensitivity_q8.png").stat().st_size > 5_000
+    assert "`body.layers.1.fc` 40 (" in text  # the activation ranges: where the outliers are
+    assert "Holm" in text and "McNemar p, Holm-adjusted" in text
     comparison = json.loads(out["comparison.json"].read_text())
     assert comparison["recommendation"]["smallest"] == "q8" and comparison["skipped"] == {"gpu_only": "needs CUDA"}
     assert comparison["recommendation"]["fastest"] == "q8" and comparison["recommendation"]["fastest_is_measurably_faster"]

@@ -290,7 +290,7 @@ def per_class_table(m: dict) -> str:
 
 def render_markdown(
     details: dict[str, dict], rows: list[dict], params: ReportParams, figures: list[str], bench: dict,
-    rec: dict | None = None, skipped: dict[str, str] | None = None,
+    rec: dict | None = None, skipped: dict[str, str] | None = None, sensitivity_figures: dict[str, str] | None = None,
 ) -> str:
     base = details[params.baseline]
     env, proto = bench["environment"], bench["protocol"]
@@ -326,13 +326,14 @@ def render_markdown(
         "",
         "Run-time precision of each variant:",
         "",
-        *[f"- `{r['variant']}` ({r['scheme']}): {r['runtime_dtype']}" for r in rows],
+        *[f"- `{r['variant']}` ({r['scheme']}): {r['runtime_dtype']}" + _mac_share(details[r["variant"]]) for r in rows],
         "",
         *outlier_lines(details),
     ]
     others = _other_batch_sizes(rows, bench, params)
     if others:
         out += ["## Speed at other batch sizes", "", others, ""]
+    out += sensitivity_section(details, sensitivity_figures or {})
     if skipped:
         out += ["## Variants not run on this machine", "",
                 *[f"- `{name}`: {why}" for name, why in skipped.items()], ""]
@@ -347,6 +348,11 @@ def render_markdown(
         out += [f"## Table {i}: per-class metrics, {name}", "", per_class_table(m), ""]
     out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     return "\n".join(out)
+
+
+def _mac_share(m: dict) -> str:
+    share = (m.get("quantization") or {}).get("mac_share_8bit")
+    return f" ({share:.1%} of the projections' multiply-accumulates in 8 bits)" if share is not None else ""
 
 
 def outlier_lines(details: dict[str, dict], top: int = 5) -> list[str]:
@@ -365,6 +371,34 @@ def outlier_lines(details: dict[str, dict], top: int = 5) -> list[str]:
         out.append(f"- `{name}`: largest calibrated input ranges max|x| (median of its {len(ranges)} projections "
                    f"{median:.3g}): " + ", ".join(f"`{n}` {v:.3g} ({v / median:.1f}x)" for n, v in worst))
     return ["Activation ranges of the statically calibrated variants (where the outlier dimensions are):", "", *out, ""] if out else []
+
+
+def sensitivity_section(details: dict[str, dict], figures: dict[str, str], top: int = 8) -> list[str]:
+    """Per variant that scored its projections (sensitivity.py): the most sensitive ones, the heatmap, and the
+    budgeted search's outcome (what stayed in float, the share of MACs still in 8 bits)."""
+    out = []
+    for name, m in details.items():
+        q = m.get("quantization") or {}
+        sens = (q.get("sensitivity") or {}).get("by_projection")
+        if not sens:
+            continue
+        rows = sorted(sens.items(), key=lambda kv: -kv[1]["kl"])[:top]
+        out += [f"### `{name}`", "",
+                f"Each projection quantized alone, everything else in float, on the first {q['sensitivity']['rows']} "
+                f"validation rows (never test rows); ranked by KL(float || quantized) of the logits.", "",
+                "| projection | layer | KL | NMSE of logits | Δacc (validation) |", "|---|---|---|---|---|",
+                *[f"| `{p}` | {v['layer']} | {v['kl']:.3g} | {v['nmse']:.3g} | {v['delta_accuracy'] * 100:+.2f} pts |" for p, v in rows], ""]
+        budget = q.get("budget")
+        if budget:
+            tried = ", ".join(f"{t['kept']} kept: {t['drop'] * 100:+.2f}" for t in budget["tried"])
+            out += [f"Budgeted search (`budget: auto`, max drop {budget['max_drop'] * 100:.2f} points on {budget['rows']} "
+                    f"validation rows): {budget['k']} projection(s) kept in float "
+                    f"({', '.join(f'`{k}`' for k in budget['kept']) or 'none'}), validation drop "
+                    f"{budget['validation_drop'] * 100:.2f} points; {q.get('mac_share_8bit', 0):.1%} of the body's "
+                    f"projection multiply-accumulates run in 8 bits. Drops measured (points): {tried}.", ""]
+        if name in figures:
+            out += [f"![sensitivity {name}]({figures[name]})", ""]
+    return (["## Sensitivity: which projections quantization hurts", "", *out]) if out else []
 
 
 def multiplicity_rule(params: ReportParams, rows: list[dict]) -> str:
@@ -486,8 +520,16 @@ def build_report(
         plot_metrics(rows, tmp / FIGURES[0])
         plot_size_latency(rows, params, tmp / FIGURES[1])
         plot_pareto(rows, rec, params, tmp / FIGURES[2])
+        scored = [n for n, m in details.items() if ((m.get("quantization") or {}).get("sensitivity") or {}).get("by_projection")]
+        if scored:
+            from .sensitivity import heatmap
+
+            for name in scored:
+                heatmap(details[name]["quantization"]["sensitivity"]["by_projection"], tmp / f"sensitivity_{name}.png",
+                        f"{name}: one projection quantized at a time (validation rows)")
     links = [os.path.relpath(Path(figures_dir) / n, Path(report_path).parent) for n in names]
-    write_text(report_path, render_markdown(details, rows, params, links, bench, rec, skipped))
+    sens_links = {n: os.path.relpath(Path(figures_dir) / f"sensitivity_{n}.png", Path(report_path).parent) for n in scored}
+    write_text(report_path, render_markdown(details, rows, params, links, bench, rec, skipped, sens_links))
     return rows
 
 

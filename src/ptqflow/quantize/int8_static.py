@@ -1,34 +1,45 @@
 """`int8_static` (W8A8): int8 weights and int8 activations with a *calibrated* per-tensor activation
 scale, so quantizing an activation costs a multiply, a round and a cast that torch.compile fuses into the
 kernel producing it (no absmax pass at run time, unlike `int8_dynamic`). Each body projection
-y = x W^T + b (W: [N, K]) becomes:
+y = x W^T + b (W: [N, K]) becomes, with Q_w = 2^(weight_bits-1) - 1 and Q_x = 2^(activation_bits-1) - 1
+(127 at 8 bits; fewer bits keep int8 storage and the int8 GEMM, with fewer codes):
 
-    weights, per output channel j:  s_w[j] = max_k |W[j, k]| / 127,   Wq = round(W / s_w) in [-127, 127]     (1)
-    activations, per tensor:        s_x = a / 127 (a: w8a8.py formula (1), validation rows),
-                                    xq = clamp(round(x / s_x), -127, 127)                                  (2)
+    smoothing (option `smoothquant: alpha`, else s = 1), per input channel k (Xiao et al. 2023):
+        s[k] = max|x_k|^alpha / max_j |W[j, k]|^(1 - alpha),    x' = x / s,   W' = W diag(s)        (0)
+    weights, per output channel j:  s_w[j] = max_k |W'[j, k]| / Q_w,   Wq = round(W' / s_w) in [-Q_w, Q_w]   (1)
+    activations, per tensor:        s_x = a / Q_x,   xq = clamp(round(x' / s_x), -Q_x, Q_x)               (2)
+        a (option `range`) over the calibration rows' real tokens (pads excluded): absmax = max |x'|, or
+        percentile = the mean over calibration batches of the p-th percentile of |x'| (clipping outliers)
     product:                        y[t, j] = bf16( s_x s_w[j] sum_k xq[t, k] Wq[j, k] + b[j] )            (3)
 
-(3) runs in one kernel (`kernel: triton`, CUDA, int8_gemm.py: exact int32 accumulation, scale, bias and cast in
-the epilogue) or as `torch._int_mm` then a float rescale (`kernel: int_mm`: the int32 result goes through
-memory; on a CPU this is oneDNN's int8 GEMM, VNNI / AMX where the CPU has them). `kernel: auto` = triton on
-CUDA, int_mm on a CPU. Within the calibrated range |x - s_x xq| <= s_x / 2 and |W - s_w Wq| <= s_w / 2
-elementwise; activations beyond it saturate at +-127 s_x, and one outlier channel stretches s_x for every
-other channel of its tensor: the per-tensor scheme's known weakness on pretrained transformers (the calibrated
-ranges, largest first, are recorded as `input_absmax`). Everything else (layer norms, attention, the head)
-runs in `dtype` (bfloat16, or float32 to see the int8 products' effect alone); in (3) "bf16" is then that dtype;
-`keep_bf16` leaves named projections in it too.
+x' W'^T = x W^T exactly, so (0) only moves range from the activations (where one outlier channel stretches s_x
+for every channel) into the weights (which have a scale per output channel). (3) runs in one kernel
+(`kernel: triton`, CUDA, int8_gemm.py: exact int32 accumulation, scale, bias and cast in the epilogue) or as
+`torch._int_mm` then a float rescale (`kernel: int_mm`: on a CPU this is oneDNN's int8 GEMM, VNNI / AMX where the
+CPU has them). `kernel: auto` = triton on CUDA, int_mm on a CPU. Within the calibrated range
+|x' - s_x xq| <= s_x / 2 and |W' - s_w Wq| <= s_w / 2 elementwise; activations beyond it saturate at +-Q_x s_x.
+The calibrated ranges, largest first, are recorded as `input_absmax`: where the outlier dimensions are.
+Everything else (layer norms, attention, the head) runs in `dtype` (bfloat16, or float32 to see the int8
+products' effect alone); in (3) "bf16" is then that dtype; `keep_bf16` leaves named projections in it too.
+
+`sensitivity: true` scores each projection quantized alone on validation rows, and `budget: auto` keeps the
+most sensitive ones in `dtype` until the validation drop is within `max_drop` (sensitivity.py, formulas there).
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import w8a8
+from .. import structure
 from ..calibration import Calibration
 from .common import absmax_int8_rows
 from .registry import Scheme
@@ -42,6 +53,27 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
     activations: Literal["static"] = "static"  # per-tensor scales calibrated once (int8_dynamic: per token at run time)
     kernel: Literal["auto", "triton", "int_mm"] = "auto"  # auto: triton on CUDA, int_mm on a CPU
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # everything that is not an int8 product
+    activation_bits: int = 8  # Q_x = 2^(bits-1) - 1 codes each side (formula (2)); fewer bits, same int8 GEMM
+    weight_bits: int = 8  # Q_w likewise (formula (1))
+    range: Literal["absmax", "percentile"] = "absmax"  # how the calibrated range a of formula (2) is taken
+    percentile: float = 99.99  # with range: percentile
+    smoothquant: float | None = None  # alpha of formula (0); null = no smoothing
+    sensitivity: bool = False  # score every projection quantized alone on `sensitivity_rows` validation rows
+    sensitivity_rows: int = 256
+    budget: Literal["none", "auto"] = "none"  # auto: keep the most sensitive projections in `dtype` until within max_drop
+    max_drop: float = 0.005  # the budget: validation accuracy drop (fraction) allowed (as report.max_accuracy_drop)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from ..config import check
+
+        for key in ("activation_bits", "weight_bits"):
+            check(2 <= getattr(self, key) <= 8, key, "an integer in 2..8", getattr(self, key))
+        check(50.0 < self.percentile <= 100.0, "percentile", "a number in (50, 100]", self.percentile)
+        check(self.smoothquant is None or 0.0 <= self.smoothquant <= 1.0, "smoothquant", "an alpha in [0, 1] or null",
+              self.smoothquant)
+        check(self.sensitivity_rows >= 1, "sensitivity_rows", "a positive integer", self.sensitivity_rows)
+        check(0.0 <= self.max_drop < 1.0, "max_drop", "a fraction in [0, 1) (0.005 = 0.5 points)", self.max_drop)
 
 
 def resolved_kernel(options: Int8StaticOptions, device: torch.device) -> str:
@@ -71,15 +103,20 @@ class Int8StaticLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.kernel = resolved_kernel(options, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         self.out_dtype = getattr(torch, options.dtype)
+        self.qmax = float(2 ** (options.activation_bits - 1) - 1)
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features, dtype=self.out_dtype))
+        self.smooth = options.smoothquant is not None
+        if self.smooth:  # 1 / s of formula (0), per input channel
+            self.register_buffer("input_smooth", torch.ones(in_features, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        xq = torch.round(x2.float() / self.input_scale).clamp(-127, 127).to(torch.int8)  # formula (2)
+        x2 = x2.float() * self.input_smooth if self.smooth else x2.float()  # formula (0)
+        xq = torch.round(x2 / self.input_scale).clamp(-self.qmax, self.qmax).to(torch.int8)  # formula (2)
         if self.kernel == "triton":
             from ..int8_gemm import int8_gemm_rescale
 
@@ -97,9 +134,15 @@ class Int8StaticLinear(nn.Module):
 
 
 def encode(w: torch.Tensor, options: Int8StaticOptions) -> dict[str, torch.Tensor]:
-    """Formula (1) of a weight W [N, K]."""
-    q, s_w = absmax_int8_rows(w)
-    return {"weight_int8": q, "weight_scale": s_w}
+    """Formula (1) of a weight W [N, K] (already multiplied by the smoothing factors, when there are any)."""
+    if options.weight_bits == 8:
+        q, s_w = absmax_int8_rows(w)
+        return {"weight_int8": q, "weight_scale": s_w}
+    qmax = float(2 ** (options.weight_bits - 1) - 1)
+    w = w.detach().float()
+    s_w = w.abs().amax(dim=1) / qmax
+    s_w = torch.where(s_w > 0, s_w, torch.ones_like(s_w))
+    return {"weight_int8": torch.clamp(torch.round(w / s_w[:, None]), -qmax, qmax).to(torch.int8), "weight_scale": s_w}
 
 
 def _kernel(options: Int8StaticOptions, device: torch.device | None = None) -> str:
@@ -112,8 +155,122 @@ def _kernel(options: Int8StaticOptions, device: torch.device | None = None) -> s
 CODEC = w8a8.Codec("int8", WEIGHTS_FILE, 127.0, encode, Int8StaticLinear, _kernel)
 
 
+def calibrate(model: nn.Module, names: list[str], batches: list[dict], device: torch.device,
+              options: Int8StaticOptions) -> dict[str, dict]:
+    """Per projection: the smoothing factors s of formula (0) (or None) and the range a of formula (2), from the
+    calibration batches' real tokens."""
+    channel = {n: None for n in names}
+
+    def channel_max(name: str, x: torch.Tensor) -> None:
+        m = x.abs().amax(dim=0)
+        channel[name] = m if channel[name] is None else torch.maximum(channel[name], m)
+
+    w8a8.input_stats(model, names, batches, device, channel_max)
+    out = {}
+    for name in names:
+        w = model.get_submodule(name).weight.detach().float()
+        smooth = None
+        if options.smoothquant is not None:
+            alpha = options.smoothquant
+            smooth = (channel[name].clamp_min(1e-5) ** alpha / w.abs().amax(dim=0).clamp_min(1e-5) ** (1 - alpha)).clamp_min(1e-5)
+        out[name] = {"smooth": smooth, "absmax": float((channel[name] / (smooth if smooth is not None else 1.0)).max())}
+    if options.range == "percentile":
+        found: dict[str, list[float]] = {n: [] for n in names}
+
+        def percentile(name: str, x: torch.Tensor) -> None:
+            smooth = out[name]["smooth"]
+            flat = (x / smooth if smooth is not None else x).abs().flatten()
+            k = max(1, min(flat.numel(), int(math.ceil(options.percentile / 100 * flat.numel()))))
+            found[name].append(float(flat.kthvalue(k).values))
+
+        w8a8.input_stats(model, names, batches, device, percentile)
+        for name in names:
+            out[name]["range"] = float(np.mean(found[name]))
+    else:
+        for name in names:
+            out[name]["range"] = out[name]["absmax"]
+    return out
+
+
+def build_layer(module: nn.Module, stats: dict, options: Int8StaticOptions, device: torch.device) -> Int8StaticLinear:
+    """The Int8StaticLinear of formulas (0)-(3) for a float projection and its calibration statistics."""
+    k, n = structure.in_out_features(module)
+    w = module.weight.detach().float()
+    if stats["smooth"] is not None:
+        w = w * stats["smooth"][None, :]
+    layer = Int8StaticLinear(k, n, options, device)
+    with torch.no_grad():
+        for key, value in encode(w, options).items():
+            getattr(layer, key).copy_(value)
+        layer.input_scale.fill_(max(stats["range"], 1e-12) / layer.qmax)
+        layer.bias.copy_(module.bias.detach() if module.bias is not None else torch.zeros(n))
+        if stats["smooth"] is not None:
+            layer.input_smooth.copy_(1.0 / stats["smooth"])
+    return layer.to(device)
+
+
 def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibration: Calibration) -> dict:
-    return w8a8.quantize(src_dir, out_dir, options, calibration, CODEC)
+    """Calibrate (0)-(2) on the validation rows, optionally score every projection and search the budget, write
+    the artifact (the quantized projections' codes and scales, everything else in `dtype`)."""
+    from safetensors.torch import save_file
+
+    from .. import sensitivity as sens
+    from .common import load_finetuned, runtime_device
+
+    device = runtime_device()
+    model = load_finetuned(src_dir).to(device)
+    n_parameters = model.num_parameters()
+    structure.conv1d_to_linear(model)
+    found = structure.of(model)
+    chosen = [n for n in found.projections if not any(k in n for k in options.keep_bf16)]
+    batches = calibration.batches(options.calibration_rows, options.calibration_batch_size)
+    stats = calibrate(model, chosen, batches, device, options)
+    originals = {n: model.get_submodule(n) for n in chosen}
+    make = lambda name: build_layer(originals[name], stats[name], options, device)  # noqa: E731
+    info: dict = {}
+    quantized = list(chosen)
+    if options.sensitivity or options.budget == "auto":
+        rows, labels = calibration.scoring_batches(options.sensitivity_rows)
+        table = sens.per_projection(model, chosen, make, [_to(b, device) for b in rows], labels.to(device))
+        info["sensitivity"] = {"rows": int(labels.numel()), "source": calibration.source, "by_projection": table}
+        if options.budget == "auto":
+            ranked = sorted(chosen, key=lambda n: -table[n]["kl"])
+            every, every_labels = calibration.scoring_batches(len(calibration.rows))
+            search = sens.budget_search(model, ranked, make, [_to(b, device) for b in every], every_labels.to(device),
+                                        options.max_drop)
+            info["budget"] = search
+            quantized = [n for n in chosen if n not in search["kept"]]
+    macs = sens.macs(model, found.projections)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in quantized:
+        layer = make(name)
+        tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in layer.state_dict().items()})
+        structure.replace_module(model, name, nn.Identity())
+    dtype = w8a8.rest_dtype(options)
+    tensors.update({k: v.detach().cpu().to(dtype).contiguous() for k, v in model.state_dict().items() if k not in tensors})
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"w8a8_layers": ",".join(quantized)})
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")
+    bits = f"int{options.weight_bits} weights x int{options.activation_bits} activations"
+    how = "static calibrated per-tensor scales" + (f", SmoothQuant alpha {options.smoothquant}" if options.smoothquant is not None
+                                                   else "") + (f", {options.percentile}th percentile ranges" if options.range == "percentile" else "")
+    kept = [n for n in found.projections if n not in quantized]
+    return {
+        "runtime_dtype": f"{bits} ({how}) in {len(quantized)} of {len(found.projections)} projections "
+                         f"({_kernel(options, device)}); {str(dtype).replace('torch.', '')} elsewhere",
+        "input_absmax": dict(sorted(((n, round(stats[n]["absmax"], 4)) for n in chosen), key=lambda kv: -kv[1])),
+        "quantized_modules": len(quantized),
+        "kept_bf16": kept,
+        "kept_full_precision": list(found.head),
+        "mac_share_8bit": round(sum(macs[n] for n in quantized) / sum(macs.values()), 6),
+        "calibration": {"rows": sum(len(b["input_ids"]) for b in batches), "source": calibration.source,
+                        "range": options.range},
+        "n_parameters": n_parameters,
+        **info,
+    }
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def load(artifact_dir: Path, options: Int8StaticOptions, device: torch.device) -> nn.Module:

@@ -63,20 +63,38 @@ def is_static(options: Any) -> bool:
 
 
 @torch.inference_mode()
-def input_absmax(model: nn.Module, names: list[str], batches: list[dict], device: torch.device) -> dict[str, float]:
-    """max |x| of the input of each module in `names` over the calibration batches (formula (1)'s a)."""
-    found = {n: 0.0 for n in names}
+def input_stats(model: nn.Module, names: list[str], batches: list[dict], device: torch.device,
+                stat: Callable[[str, torch.Tensor], None]) -> None:
+    """Run the calibration batches and call `stat(name, x)` with the input of each module in `names`, as
+    [tokens, features] over the *real* tokens only: a padded position's activations (which a padded calibration
+    batch has many of) are never seen by evaluation's shorter batches and must not set a range."""
+    mask: list[torch.Tensor | None] = [None]
     hooks = []
     for name in names:
         def hook(_module, args, name=name):
-            found[name] = max(found[name], float(args[0].detach().abs().max()))
+            x = args[0].detach()
+            m = mask[0]
+            if m is not None and x.dim() == 3 and x.shape[:2] == m.shape:
+                x = x[m.bool()]
+            stat(name, x.reshape(-1, x.shape[-1]).float())
         hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
         for batch in batches:
+            mask[0] = batch.get("attention_mask")
             model(**{k: v.to(device) for k, v in batch.items()})
     finally:
         for h in hooks:
             h.remove()
+
+
+def input_absmax(model: nn.Module, names: list[str], batches: list[dict], device: torch.device) -> dict[str, float]:
+    """max |x| of the input of each module in `names` over the calibration batches' real tokens (formula (1)'s a)."""
+    found = {n: 0.0 for n in names}
+
+    def stat(name: str, x: torch.Tensor) -> None:
+        found[name] = max(found[name], float(x.abs().max()))
+
+    input_stats(model, names, batches, device, stat)
     return found
 
 

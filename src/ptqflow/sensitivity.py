@@ -1,0 +1,150 @@
+"""Which projections a quantization scheme hurts, and the most-quantized model that stays within an accuracy budget.
+
+Sensitivity of projection p (one at a time: p quantized by the scheme, every other projection in float), on the
+first `rows` validation rows (never test rows), against the float model's logits z (quantized: z^p):
+    kl[p]   = mean over rows of KL(softmax(z) || softmax(z^p))                                       (1)
+    nmse[p] = sum (z^p - z)^2 / sum z^2                                                               (2)
+    delta_accuracy[p] = accuracy(z^p) - accuracy(z)   (on the rows' labels)                           (3)
+Ranking is by (1): an accuracy change on a few hundred rows is mostly 0 or +-1 answer.
+
+Budgeted search (as NNCF's accuracy control and Intel Neural Compressor's fallback do, on the validation rows):
+with every projection quantized, the drop d(k) = accuracy(float) - accuracy(quantized except the k most
+sensitive by (1), those kept in float) is measured for k = 0, 1, 2, 4, ... until d(k) <= max_drop, then bisected
+between the last two k (assuming d falls as k grows); the smallest such k is chosen. What stays in 8 bits is
+reported as the share of the body's multiply-accumulates per token, sum_{p quantized} K_p N_p / sum_p K_p N_p
+(the projections' GEMMs; attention's two activation products are not projections and are not counted).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import structure
+
+
+@torch.inference_mode()
+def logits_on(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The model's float32 logits on the batches, concatenated in order."""
+    return torch.cat([model(**batch).logits.float() for batch in batches])
+
+
+def kl_divergence(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Formula (1): mean over rows of KL(softmax(reference) || softmax(other))."""
+    p = torch.log_softmax(reference.double(), dim=-1)
+    q = torch.log_softmax(other.double(), dim=-1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def nmse(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Formula (2): squared error of the logits, normalized by the reference's energy."""
+    return float(((other.double() - reference.double()) ** 2).sum() / (reference.double() ** 2).sum().clamp_min(1e-30))
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).double().mean())
+
+
+def layer_and_type(model: nn.Module, name: str) -> tuple[str, str]:
+    """('3', 'attention.self.query') for a projection inside transformer layer 3 (structure.layers), else
+    ('other', name): the heatmap's row and column."""
+    stack = structure.layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is stack)
+    if name.startswith(prefix + "."):
+        index, _, rest = name[len(prefix) + 1:].partition(".")
+        return index, rest
+    return "other", name
+
+
+def macs(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """Multiply-accumulates per token of each projection: K in x N out."""
+    return {n: int(np.prod(structure.in_out_features(model.get_submodule(n)))) for n in names}
+
+
+def swap(model: nn.Module, replacements: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Put `replacements` in place; returns the modules they replaced (to swap back)."""
+    before = {n: model.get_submodule(n) for n in replacements}
+    for name, module in replacements.items():
+        structure.replace_module(model, name, module)
+    return before
+
+
+def per_projection(model: nn.Module, names: list[str], quantized: Callable[[str], nn.Module],
+                   batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, progress: bool = True) -> dict[str, dict]:
+    """Formulas (1)-(3) for each projection in `names`, quantized alone (`quantized(name)` builds its layer)."""
+    from tqdm.auto import tqdm
+
+    reference = logits_on(model, batches)
+    base_acc = accuracy(reference, labels)
+    out = {}
+    for name in tqdm(names, desc="sensitivity", unit="projection", disable=not progress):
+        original = swap(model, {name: quantized(name)})
+        try:
+            z = logits_on(model, batches)
+        finally:
+            swap(model, original)
+        row, kind = layer_and_type(model, name)
+        out[name] = {"kl": kl_divergence(reference, z), "nmse": nmse(reference, z),
+                     "delta_accuracy": accuracy(z, labels) - base_acc, "layer": row, "type": kind}
+    return out
+
+
+def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str], nn.Module],
+                  batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float) -> dict:
+    """The smallest k such that keeping the k most sensitive projections (`ranked`, most sensitive first) in float
+    and quantizing the rest drops validation accuracy by at most `max_drop` (module docstring). Returns k, the
+    kept names, the drop and every (k, drop) measured."""
+    base_acc = accuracy(logits_on(model, batches), labels)
+    layers = {n: quantized(n) for n in ranked}
+    tried: dict[int, float] = {}
+
+    def drop(k: int) -> float:
+        if k not in tried:
+            original = swap(model, {n: layers[n] for n in ranked[k:]})
+            try:
+                tried[k] = base_acc - accuracy(logits_on(model, batches), labels)
+            finally:
+                swap(model, original)
+        return tried[k]
+
+    n, lo, k = len(ranked), -1, 0  # invariant once found: drop(k) <= max_drop, and drop(lo) > max_drop
+    while drop(k) > max_drop and k < n:
+        lo, k = k, min(n, max(1, 2 * k))
+    while k - lo > 1 and lo >= 0:
+        mid = (lo + k) // 2
+        if drop(mid) <= max_drop:
+            k = mid
+        else:
+            lo = mid
+    return {"kept": ranked[:k], "k": k, "validation_drop": drop(k), "baseline_validation_accuracy": base_acc,
+            "max_drop": max_drop, "tried": [{"kept": kk, "drop": d} for kk, d in sorted(tried.items())],
+            "rows": int(labels.numel())}
+
+
+def heatmap(sensitivity: dict[str, dict], path, title: str) -> None:
+    """Layer x projection type, coloured by log10 of formula (1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted({v["layer"] for v in sensitivity.values()}, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else 0, r))
+    cols = list(dict.fromkeys(v["type"] for v in sensitivity.values()))
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for v in sensitivity.values():
+        grid[rows.index(v["layer"]), cols.index(v["type"])] = np.log10(max(v["kl"], 1e-12))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.2 + 0.45 * len(rows)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"layer {r}" if r.isdigit() else r for r in rows], fontsize=8)
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white" if value < np.nanmean(grid) else "black")
+    fig.colorbar(image, ax=ax, label="log10 KL(float || one projection quantized)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

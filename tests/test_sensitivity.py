@@ -1,0 +1,80 @@
+"""Per-projection sensitivity, the accuracy-budgeted search and the recovery options of `int8_static` (SmoothQuant,
+percentile ranges, fewer bits) on the tiny GPT-2, on the CPU, calibrated and scored on validation rows only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptqflow.calibration import for_model
+from ptqflow.quantize import load_variant, quantize_variant
+
+CPU = torch.device("cpu")
+
+
+def _quantize(tmp_path, tiny_trained, tiny_prepared, name, **options):
+    raw = {"scheme": "int8_static", "dtype": "float32", "calibration_rows": 64, **options}
+    meta = quantize_variant(name, raw, tiny_trained, tmp_path / name, CPU, calibration=lambda: for_model(tiny_prepared, tiny_trained))
+    return raw, meta
+
+
+def test_budget_keeps_the_most_sensitive_projections_until_the_validation_drop_fits(tmp_path, tiny_trained, tiny_prepared):
+    """3-bit activations hurt; with a zero budget the search keeps projections in float, most sensitive first,
+    until the validation accuracy equals the float model's, and says what share of MACs stayed in low bits."""
+    raw, meta = _quantize(tmp_path, tiny_trained, tiny_prepared, "b", activation_bits=3, weight_bits=4,
+                          budget="auto", max_drop=0.0, sensitivity_rows=96)
+    table = meta["sensitivity"]["by_projection"]
+    assert len(table) == 8 and {v["layer"] for v in table.values()} == {"0", "1"}
+    assert {v["type"] for v in table.values()} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+    assert all(v["kl"] >= 0 and v["nmse"] >= 0 for v in table.values())
+    budget = meta["budget"]
+    ranked = sorted(table, key=lambda n: -table[n]["kl"])
+    assert budget["kept"] == ranked[: budget["k"]] and budget["validation_drop"] <= 0.0
+    assert budget["rows"] == 48  # every validation row of the tiny split (10% of 480)
+    assert budget["tried"][0]["kept"] == 0 and budget["tried"][0]["drop"] > 0  # the all-quantized model lost accuracy
+    assert meta["quantized_modules"] == 8 - budget["k"] and meta["kept_bf16"] == [n for n in table if n in budget["kept"]]
+    assert 0.0 <= meta["mac_share_8bit"] < 1.0
+    model, _ = load_variant("b", raw, tmp_path / "b", CPU)
+    assert model.ptqflow_runtime["w8a8_layers"] == 8 - budget["k"]
+
+
+def test_smoothquant_and_percentile_ranges(tmp_path, tiny_trained, tiny_prepared, fp32_artifact):
+    from ptqflow.data import load_prepared
+    from ptqflow.evaluate import predict
+
+    _, plain = _quantize(tmp_path, tiny_trained, tiny_prepared, "plain")
+    raw, smooth = _quantize(tmp_path, tiny_trained, tiny_prepared, "smooth", smoothquant=0.5, range="percentile", percentile=99.9)
+    assert "SmoothQuant alpha 0.5" in smooth["runtime_dtype"] and "99.9th percentile" in smooth["runtime_dtype"]
+    # smoothing moves range out of the activations: the largest smoothed input range is below the plain one
+    assert max(smooth["input_absmax"].values()) < max(plain["input_absmax"].values())
+    model, _ = load_variant("smooth", raw, tmp_path / "smooth", CPU)
+    layer = next(m for m in model.modules() if hasattr(m, "input_smooth"))
+    assert layer.input_smooth.shape == (layer.in_features,) and bool((layer.input_smooth > 0).all())
+    fp32, _ = load_variant("fp32", {"scheme": "fp32"}, fp32_artifact, CPU)
+    ids = load_prepared(tiny_prepared)[0]["test"]["input_ids"]
+    assert (predict(model, ids, 64, 50256) == predict(fp32, ids, 64, 50256)).mean() >= 0.9
+
+
+def test_smoothing_is_exact_in_float():
+    """x' W'^T = x W^T: formula (0) changes nothing before rounding."""
+    from ptqflow.quantize.int8_static import Int8StaticOptions, build_layer
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(10, 64) * torch.linspace(0.1, 30, 64)  # a few outlier channels
+    s = (x.abs().amax(0) ** 0.5 / linear.weight.abs().amax(0) ** 0.5)
+    assert torch.allclose((x / s) @ (linear.weight * s).t(), x @ linear.weight.t(), rtol=1e-4, atol=1e-4)
+    layer = build_layer(linear, {"smooth": s, "range": float((x / s).abs().max())}, Int8StaticOptions(dtype="float32", smoothquant=0.5), CPU)
+    with torch.no_grad():
+        err = (layer(x) - linear(x)).abs().max()
+    assert float(err) < 0.05 * float(linear(x).abs().max())
+
+
+def test_bad_options_are_one_line():
+    from ptqflow.errors import PtqflowError
+    from ptqflow.quantize import resolve
+
+    with pytest.raises(PtqflowError, match="activation_bits must be an integer in 2..8"):
+        resolve("x", {"scheme": "int8_static", "activation_bits": 9})
+    with pytest.raises(PtqflowError, match="smoothquant must be an alpha in"):
+        resolve("x", {"scheme": "int8_static", "smoothquant": 1.5})
