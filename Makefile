@@ -34,8 +34,7 @@ run: repro table  ## set up, fetch the inputs, run the pipeline, print the compa
 # A DVC experiment beside the default (dvc exp show / dvc metrics diff).
 GPT2_PARAMS := -S model.init=scratch -S '+model.overrides.n_layer=2' -S '+model.overrides.n_embd=128' \
 	-S '+model.overrides.n_head=4' -S '+model.overrides.n_positions=128' -S train.lr=0.001 -S train.batch_size=32 \
-	-S train.epochs=2 -S train.warmup_ratio=0.05 -S train.precision=fp32 -S train.group_by_length=false \
-	-S train.freeze_input_embeddings=false
+	-S train.epochs=2 -S train.warmup_ratio=0.05 -S train.precision=fp32 -S train.group_by_length=false
 
 gpt2: setup  ## the reference study's small GPT-2 from scratch, offline (DVC experiment `gpt2`)
 	$(BIN)/dvc exp run -n gpt2 $(GPT2_PARAMS)
@@ -44,8 +43,7 @@ gpt2: setup  ## the reference study's small GPT-2 from scratch, offline (DVC exp
 # fancyzhx/ag_news from the Hub, AdamW lr 2e-5, batch 16, 3 epochs, max length 128, all variants.
 PAPER_PARAMS := -S data.source=fancyzhx/ag_news -S data.max_length=128 -S data.val_fraction=0.05 \
 	-S model.init=pretrained -S model.pretrained=models/base/gpt2-pretrained \
-	-S train.lr=2e-5 -S train.batch_size=16 -S train.epochs=3 -S train.warmup_ratio=0.0 -S train.weight_decay=0.0 \
-	-S train.freeze_input_embeddings=false
+	-S train.lr=2e-5 -S train.batch_size=16 -S train.epochs=3 -S train.warmup_ratio=0.0 -S train.weight_decay=0.0
 
 paper: setup  ## the report's configuration (needs the Hub and a GPU); fails fast offline
 	$(BIN)/ptqflow hub-check gpt2 fancyzhx/ag_news

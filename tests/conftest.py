@@ -68,7 +68,9 @@ def tiny_trained(tmp_path_factory, tiny_prepared, tiny_model_params) -> Path:
     from ptqflow.train import finetune
 
     root = tmp_path_factory.mktemp("finetuned")
-    finetune(tiny_model_params, TrainParams(lr=3e-3, batch_size=16, epochs=3, device="cpu"), tiny_prepared, root / "model", root / "ckpt")
+    # float32 in random order, SDPA: the same tiny model on every CPU kind (bf16 autocast depends on the CPU's flags)
+    train = TrainParams(lr=3e-3, batch_size=16, epochs=3, device="cpu", precision="fp32", group_by_length=False, attention="sdpa")
+    finetune(tiny_model_params, train, tiny_prepared, root / "model", root / "ckpt")
     return root / "model"
 
 

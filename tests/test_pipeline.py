@@ -36,7 +36,7 @@ class TestOneRepro:
             assert (root / "plots" / "predictions" / f"{v}.csv").read_text().startswith("actual,predicted")
             m = json.loads((root / "metrics" / "eval" / f"{v}.json").read_text())  # the dozen numbers
             assert m["accuracy"] == pytest.approx(d["accuracy"], abs=1e-6) and m["latency_median_ms"] > 0
-            assert m["speedup_ci95_low"] <= m["speedup"] <= m["speedup_ci95_high"] and len(m) <= 13
+            assert m["speedup_ci95_low"] <= m["speedup"] <= m["speedup_ci95_high"] and len(m) <= 14
         assert "Running stage 'benchmark'" in out and "variants timed interleaved" in out
         bench = json.loads((root / "reports/benchmark.json").read_text())
         assert set(v for v, r in bench["variants"].items() if "latency" in r) == set(VARIANTS)

@@ -70,7 +70,7 @@ class TrainParams:
     group_by_length: bool = True  # batches of similar length (less padding); the order within is still random
     # keep the input (token) embedding table as pretrained: no gradient or optimizer step for its vocab x width
     # weights (half of a small encoder's parameters); a scratch model needs them trained
-    freeze_input_embeddings: bool = False
+    freeze_input_embeddings: bool | Literal["auto"] = "auto"  # auto: frozen for model.init: pretrained, trained for scratch
     freeze_layers: int = 0  # the first N transformer layers keep their pretrained weights too (no backward through them)
     # attention implementation while training: auto = eager on a CPU (its backward under bf16 autocast measured
     # 18% faster than SDPA's there), the model's default (SDPA) on a GPU; evaluation keeps the model's default

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 KNOWN_NOISE: dict[str, tuple[str, ...]] = {  # logger name -> substrings of the messages dropped there
@@ -38,7 +39,7 @@ KNOWN_NOISE: dict[str, tuple[str, ...]] = {  # logger name -> substrings of the 
 
 KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (  # (message regex, module regex) of Python warnings dropped
     ("The specified dataset source can be interpreted in multiple ways", r"mlflow\."),
-    ("Add type hints to the `predict` method", r"mlflow\."),
+    (r".*Add type hints to the `predict` method", r"mlflow\."),  # the message starts with a colour code
 )
 
 
@@ -63,4 +64,17 @@ def quiet() -> None:
             logger.addFilter(_DropKnown(fragments))
     for message, module in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
+    if not getattr(warnings.showwarning, "ptqflow_quiet", False):
+        # and where a library puts its own filter in front of ours (MLflow wraps a call in `simplefilter("once")`),
+        # the warning is dropped when it would be shown
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            text, where = str(message), filename.replace("/", ".")
+            if any(re.match(m, text) and re.search(mod, where) for m, mod in KNOWN_WARNINGS):
+                return
+            shown(message, category, filename, lineno, file, line)
+
+        show.ptqflow_quiet = True
+        warnings.showwarning = show
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by huggingface_hub and transformers on import

@@ -124,18 +124,21 @@ def training_attention(model: torch.nn.Module, requested: str, device: torch.dev
 
 
 def freeze(model: torch.nn.Module, model_params: ModelParams, train_params: TrainParams) -> None:
-    """Keep pretrained parts as loaded: the input (token) embedding table (`freeze_input_embeddings`: no gradient
-    or optimizer step for its vocab x width weights) and the first `freeze_layers` transformer layers (no backward
+    """Keep pretrained parts as loaded: the input (token) embedding table (`freeze_input_embeddings`, auto = when
+    the model is pretrained: no gradient or optimizer step for its vocab x width weights) and the first `freeze_layers` transformer layers (no backward
     pass through them either). A scratch model has nothing pretrained to keep: asking is a one-line error."""
     from .errors import PtqflowError
     from .structure import layers
 
-    if not (train_params.freeze_input_embeddings or train_params.freeze_layers):
+    embeddings = train_params.freeze_input_embeddings
+    if embeddings == "auto":  # frozen when pretrained, trained when random
+        embeddings = model_params.init == "pretrained"
+    if not (embeddings or train_params.freeze_layers):
         return
     if model_params.init == "scratch":
         raise PtqflowError("params.yaml: train.freeze_input_embeddings / freeze_layers need model.init: pretrained (a scratch "
                            "model's weights are random and must be trained)")
-    if train_params.freeze_input_embeddings:
+    if embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if train_params.freeze_layers:
         stack = layers(model)
