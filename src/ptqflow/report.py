@@ -390,12 +390,15 @@ def sensitivity_section(details: dict[str, dict], figures: dict[str, str], top: 
                 *[f"| `{p}` | {v['layer']} | {v['kl']:.3g} | {v['nmse']:.3g} | {v['delta_accuracy'] * 100:+.2f} pts |" for p, v in rows], ""]
         budget = q.get("budget")
         if budget:
-            tried = ", ".join(f"{t['kept']} kept: {t['drop'] * 100:+.2f}" for t in budget["tried"])
+            tried = ", ".join(f"{t['kept']} kept: {t['drop'] * 100:+.2f}" + (f" (bound {t['bound'] * 100:+.2f})" if "bound" in t else "")
+                              for t in budget["tried"])
+            bound = (f", its one-sided {budget['confidence']:.0%} bound {budget['validation_drop_bound'] * 100:.2f}"
+                     if "validation_drop_bound" in budget else "")
             out += [f"Budgeted search (`budget: auto`, max drop {budget['max_drop'] * 100:.2f} points on {budget['rows']} "
                     f"validation rows): {budget['k']} projection(s) kept in float "
                     f"({', '.join(f'`{k}`' for k in budget['kept']) or 'none'}), validation drop "
-                    f"{budget['validation_drop'] * 100:.2f} points; {q.get('mac_share_8bit', 0):.1%} of the body's "
-                    f"projection multiply-accumulates run in 8 bits. Drops measured (points): {tried}.", ""]
+                    f"{budget['validation_drop'] * 100:.2f} points{bound}; {q.get('mac_share_8bit', 0):.1%} of the body's "
+                    f"projection multiply-accumulates run in low bits. Drops measured (points): {tried}.", ""]
         if name in figures:
             out += [f"![sensitivity {name}]({figures[name]})", ""]
     return (["## Sensitivity: which projections quantization hurts", "", *out]) if out else []

@@ -9,8 +9,13 @@ Ranking is by (1): an accuracy change on a few hundred rows is mostly 0 or +-1 a
 
 Budgeted search (as NNCF's accuracy control and Intel Neural Compressor's fallback do, on the validation rows):
 with every projection quantized, the drop d(k) = accuracy(float) - accuracy(quantized except the k most
-sensitive by (1), those kept in float) is measured for k = 0, 1, 2, 4, ... until d(k) <= max_drop, then bisected
-between the last two k (assuming d falls as k grows); the smallest such k is chosen. What stays in 8 bits is
+sensitive by (1), those kept in float) is measured on the same rows for k = 0, 1, 2, 4, ... until it fits, then
+bisected between the last two k (assuming d falls as k grows); the smallest such k is chosen. "Fits" means the
+upper end of a one-sided `confidence` interval of d(k) is <= max_drop: with c_i = 1 when row i is right under
+the float model and r_i likewise under the candidate, d = mean(c - r), and the bound is the `confidence`
+percentile of d over 2,000 paired bootstrap resamples of the rows (seeded). A point estimate (confidence 0.5)
+on a few hundred rows passes a candidate whose true drop is often larger: measured here, a 4-bit candidate at
+-0.23 points on 878 validation rows lost 0.92 points on the 7,600 test rows. What stays in 8 bits is
 reported as the share of the body's multiply-accumulates per token, sum_{p quantized} K_p N_p / sum_p K_p N_p
 (the projections' GEMMs; attention's two activation products are not projections and are not counted).
 """
@@ -92,36 +97,47 @@ def per_projection(model: nn.Module, names: list[str], quantized: Callable[[str]
     return out
 
 
-def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str], nn.Module],
-                  batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float) -> dict:
-    """The smallest k such that keeping the k most sensitive projections (`ranked`, most sensitive first) in float
-    and quantizing the rest drops validation accuracy by at most `max_drop` (module docstring). Returns k, the
-    kept names, the drop and every (k, drop) measured."""
-    base_acc = accuracy(logits_on(model, batches), labels)
-    layers = {n: quantized(n) for n in ranked}
-    tried: dict[int, float] = {}
+def drop_upper_bound(base_right: np.ndarray, right: np.ndarray, confidence: float, resamples: int = 2000, seed: int = 0) -> float:
+    """The `confidence` percentile of the paired bootstrap distribution of mean(base_right - right) (module docstring)."""
+    diff = base_right.astype(np.float64) - right.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, confidence * 100))
 
-    def drop(k: int) -> float:
+
+def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str], nn.Module],
+                  batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float,
+                  confidence: float = 0.95) -> dict:
+    """The smallest k such that keeping the k most sensitive projections (`ranked`, most sensitive first) in float
+    and quantizing the rest drops validation accuracy by at most `max_drop`, judged by the upper `confidence`
+    bound of the drop (module docstring). Returns k, the kept names, the drop and every (k, drop, bound) measured."""
+    base_right = (logits_on(model, batches).argmax(-1) == labels).cpu().numpy()
+    layers = {n: quantized(n) for n in ranked}
+    tried: dict[int, tuple[float, float]] = {}
+
+    def fits(k: int) -> bool:
         if k not in tried:
             original = swap(model, {n: layers[n] for n in ranked[k:]})
             try:
-                tried[k] = base_acc - accuracy(logits_on(model, batches), labels)
+                right = (logits_on(model, batches).argmax(-1) == labels).cpu().numpy()
             finally:
                 swap(model, original)
-        return tried[k]
+            tried[k] = (float(base_right.mean() - right.mean()), drop_upper_bound(base_right, right, confidence))
+        return tried[k][1] <= max_drop
 
-    n, lo, k = len(ranked), -1, 0  # invariant once found: drop(k) <= max_drop, and drop(lo) > max_drop
-    while drop(k) > max_drop and k < n:
+    n, lo, k = len(ranked), -1, 0  # invariant once found: fits(k), and not fits(lo)
+    while k < n and not fits(k):
         lo, k = k, min(n, max(1, 2 * k))
     while k - lo > 1 and lo >= 0:
         mid = (lo + k) // 2
-        if drop(mid) <= max_drop:
+        if fits(mid):
             k = mid
         else:
             lo = mid
-    return {"kept": ranked[:k], "k": k, "validation_drop": drop(k), "baseline_validation_accuracy": base_acc,
-            "max_drop": max_drop, "tried": [{"kept": kk, "drop": d} for kk, d in sorted(tried.items())],
-            "rows": int(labels.numel())}
+    drop, bound = tried.get(k, (0.0, 0.0))  # k = n: everything in float, no drop
+    return {"kept": ranked[:k], "k": k, "validation_drop": drop, "validation_drop_bound": bound, "confidence": confidence,
+            "baseline_validation_accuracy": float(base_right.mean()), "max_drop": max_drop,
+            "tried": [{"kept": kk, "drop": d, "bound": b} for kk, (d, b) in sorted(tried.items())], "rows": int(labels.numel())}
 
 
 def heatmap(sensitivity: dict[str, dict], path, title: str) -> None:

@@ -62,6 +62,7 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
     sensitivity_rows: int = 256
     budget: Literal["none", "auto"] = "none"  # auto: keep the most sensitive projections in `dtype` until within max_drop
     max_drop: float = 0.005  # the budget: validation accuracy drop (fraction) allowed (as report.max_accuracy_drop)
+    budget_confidence: float = 0.95  # the drop's one-sided bootstrap bound that must fit (0.5: the point estimate)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +75,7 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
               self.smoothquant)
         check(self.sensitivity_rows >= 1, "sensitivity_rows", "a positive integer", self.sensitivity_rows)
         check(0.0 <= self.max_drop < 1.0, "max_drop", "a fraction in [0, 1) (0.005 = 0.5 points)", self.max_drop)
+        check(0.5 <= self.budget_confidence < 1.0, "budget_confidence", "a level in [0.5, 1)", self.budget_confidence)
 
 
 def resolved_kernel(options: Int8StaticOptions, device: torch.device) -> str:
@@ -237,7 +239,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
             ranked = sorted(chosen, key=lambda n: -table[n]["kl"])
             every, every_labels = calibration.scoring_batches(len(calibration.rows))
             search = sens.budget_search(model, ranked, make, [_to(b, device) for b in every], every_labels.to(device),
-                                        options.max_drop)
+                                        options.max_drop, options.budget_confidence)
             info["budget"] = search
             quantized = [n for n in chosen if n not in search["kept"]]
     macs = sens.macs(model, found.projections)
