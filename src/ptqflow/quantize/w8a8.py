@@ -1,8 +1,10 @@
-"""What the GPU W8A8 schemes share (fp8.py: float8 e4m3 through `torch._scaled_mm`; int8_static.py: int8 through
-a Triton kernel): calibrating static activation scales, choosing the projections, writing and loading the
-artifact. A scheme supplies a `Codec`: how it encodes a weight and which layer runs the product.
+"""What the W8A8 schemes share (fp8.py: float8 e4m3 through `torch._scaled_mm`; int8_static.py: int8 through a
+Triton kernel or torch._int_mm): the calibration statistics of projection inputs over real tokens
+(`input_stats`), and loading the artifact; fp8 also writes it with `quantize` here (int8_static has its own, for
+its smoothing, ranges, sensitivity and budget). A scheme supplies a `Codec`: how it encodes a weight and which
+layer runs the product.
 
-    static activation scale of a projection, per tensor, on the calibration rows (validation split):
+    static activation scale of a projection, per tensor, on the calibration rows (validation split, pads excluded):
         a = max over calibration batches of max_{t,k} |x[t, k]|,     s_x = a / Q                        (1)
     (Q = the largest code: 448 for e4m3, 127 for int8). At run time x -> code(x / s_x) is a multiply, a
     clamp and a cast that torch.compile fuses into the kernel that produced x (layer norm, GELU).
