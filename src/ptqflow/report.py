@@ -352,7 +352,7 @@ def render_markdown(
 
 def _mac_share(m: dict) -> str:
     share = (m.get("quantization") or {}).get("mac_share_8bit")
-    return f" ({share:.1%} of the projections' multiply-accumulates in 8 bits)" if share is not None else ""
+    return f" ({share:.1%} of the projections' multiply-accumulates in its integer GEMMs)" if share is not None else ""
 
 
 def outlier_lines(details: dict[str, dict], top: int = 5) -> list[str]:
