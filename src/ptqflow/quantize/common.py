@@ -13,14 +13,14 @@ from ..io import dir_size_bytes
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def absmax_int8_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row r of a 2-D tensor t: s[r] = max_k |t[r, k]| / 127 (1 for an all-zero row),
-    q[r, k] = clamp(round(t[r, k] / s[r]), -127, 127); returns q (int8) and s (float32, [rows]).
-    Then |t - q * s| <= s / 2 elementwise."""
+def absmax_int8_rows(t: torch.Tensor, qmax: float = 127.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row r of a 2-D tensor t: s[r] = max_k |t[r, k]| / Q (1 for an all-zero row),
+    q[r, k] = clamp(round(t[r, k] / s[r]), -Q, Q); returns q (int8) and s (float32, [rows]). Q = 127 for 8 bits,
+    2^(b-1) - 1 for b bits stored in int8. Then |t - q * s| <= s / 2 elementwise."""
     t = t.detach().to(torch.float32)
-    scale = t.abs().amax(dim=1) / 127.0
+    scale = t.abs().amax(dim=1) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.clamp(torch.round(t / scale[:, None]), -127, 127).to(torch.int8), scale
+    return torch.clamp(torch.round(t / scale[:, None]), -qmax, qmax).to(torch.int8), scale
 
 
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -41,7 +41,7 @@ from torch import nn
 from . import w8a8
 from .. import structure
 from ..calibration import Calibration
-from .common import absmax_int8_rows
+from .common import absmax_int8_rows, runtime_device
 from .registry import Scheme
 
 WEIGHTS_FILE = "model.int8static.safetensors"
@@ -103,7 +103,7 @@ class Int8StaticLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, options: Int8StaticOptions, device: torch.device | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.kernel = resolved_kernel(options, device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        self.kernel = resolved_kernel(options, device or runtime_device())
         self.out_dtype = getattr(torch, options.dtype)
         self.qmax = float(2 ** (options.activation_bits - 1) - 1)
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
@@ -137,18 +137,12 @@ class Int8StaticLinear(nn.Module):
 
 def encode(w: torch.Tensor, options: Int8StaticOptions) -> dict[str, torch.Tensor]:
     """Formula (1) of a weight W [N, K] (already multiplied by the smoothing factors, when there are any)."""
-    if options.weight_bits == 8:
-        q, s_w = absmax_int8_rows(w)
-        return {"weight_int8": q, "weight_scale": s_w}
-    qmax = float(2 ** (options.weight_bits - 1) - 1)
-    w = w.detach().float()
-    s_w = w.abs().amax(dim=1) / qmax
-    s_w = torch.where(s_w > 0, s_w, torch.ones_like(s_w))
-    return {"weight_int8": torch.clamp(torch.round(w / s_w[:, None]), -qmax, qmax).to(torch.int8), "weight_scale": s_w}
+    q, s_w = absmax_int8_rows(w, float(2 ** (options.weight_bits - 1) - 1))
+    return {"weight_int8": q, "weight_scale": s_w}
 
 
 def _kernel(options: Int8StaticOptions, device: torch.device | None = None) -> str:
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or runtime_device()
     if resolved_kernel(options, device) == "triton":
         return "Triton int8 GEMM, rescale + bias fused"
     return "torch._int_mm + float rescale" + (" (oneDNN int8 GEMM on the CPU)" if device.type == "cpu" else "")
@@ -217,7 +211,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
     from safetensors.torch import save_file
 
     from .. import sensitivity as sens
-    from .common import load_finetuned, runtime_device
+    from .common import load_finetuned
 
     device = runtime_device()
     model = load_finetuned(src_dir).to(device)
