@@ -1,8 +1,9 @@
 """Stage `quantize@<variant>`: apply the variant's scheme to models/finetuned/ -> models/quantized/<variant>/.
-Calibrating schemes (ort_int8_static) fit their activation ranges on the validation split of --data."""
+Calibrating schemes (ort_int8_static, int8_static, ov_int8) fit their activation ranges on the validation split of
+--data; a scheme with an accuracy budget left null (`max_drop`) takes report.max_accuracy_drop."""
 
 from ptqflow.cli import stage_parser
-from ptqflow.config import load_params
+from ptqflow.config import ReportParams, build, load_params
 from ptqflow.errors import run_cli
 from ptqflow.tracking import stage_run
 
@@ -19,14 +20,18 @@ def main() -> None:
     from ptqflow.quantize.registry import summary_line
     from ptqflow.calibration import for_model
 
-    variants = load_params(args.params).get("variants") or {}
+    params = load_params(args.params)
+    variants = params.get("variants") or {}
+    # only report.max_accuracy_drop is read (dvc.yaml: the stage depends on that key alone)
+    report = params.get("report") or {}
+    budget = build(ReportParams, {k: report[k] for k in ("max_accuracy_drop",) if k in report}, "report")
     out = args.out or f"models/quantized/{args.variant}"
     with stage_run(f"quantize@{args.variant}", not args.no_tracking) as run:
         run.log_params({"variant": args.variant, **(variants.get(args.variant) or {})})
         # `variant` is the evaluate child's tag (one run per variant and experiment in a search); this one names its artifact
         run.set_tags({"artifact_of": args.variant, "scheme": (variants.get(args.variant) or {}).get("scheme", "?")})
         meta = quantize_variant(args.variant, variants.get(args.variant), args.model, out,
-                                calibration=lambda: for_model(args.data, args.model))
+                                calibration=lambda: for_model(args.data, args.model), max_drop=budget.max_accuracy_drop)
         run.log_metrics(meta)
         run.log_artifact(f"{out}/ptqflow.json")
         print(summary_line(f"quantize@{args.variant}", meta))

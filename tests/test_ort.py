@@ -70,7 +70,7 @@ def test_every_family_exports_with_parity_and_every_product_quantized(fresh):
 def test_export_parity_failure_stops_with_the_number(tmp_path):
     """A graph that no longer matches the model is refused with the difference and the tolerance."""
     from ptqflow.benchmark import build_from_config
-    from ptqflow.onnx_export import ExportOptions, export_onnx, load_for_export, parity_check
+    from ptqflow.runtimes.onnx_export import ExportOptions, export_onnx, load_for_export, parity_check
 
     build_from_config(str(make_base("gpt2", GPT2, tmp_path / "base")), {}, tmp_path / "model")
     export_onnx(tmp_path / "model", tmp_path / "onnx", ExportOptions())
@@ -162,7 +162,7 @@ def test_where_each_runs_is_said_not_fallen_back_from():
 
 
 def test_a_failed_export_leaves_nothing(tmp_path, tiny_trained, monkeypatch):
-    from ptqflow import onnx_export
+    from ptqflow.runtimes import onnx_export
 
     def broken(*args, **kwargs):
         raise PtqflowError("parity: simulated")

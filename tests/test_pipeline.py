@@ -13,6 +13,17 @@ from .pipeline_project import NOISE, SKIPPED, VARIANTS, make_project, mlflow_run
 pytestmark = pytest.mark.slow
 
 
+def repeated_lines(out: str, most: int = 3) -> dict[str, int]:
+    """Console lines printed more than `most` times, progress bars (carriage-return updates, '|...|' bars) and
+    DVC's per-stage lines aside."""
+    from collections import Counter
+
+    lines = [line.split("\r")[-1].strip() for line in out.splitlines()]
+    bars = ("it/s]", "s/it]", "|", "Running stage", "Updating lock file", "Stage ", "Generating lock file")
+    counted = Counter(line for line in lines if line and not any(b in line for b in bars))
+    return {line: n for line, n in counted.items() if n > most}
+
+
 @pytest.fixture
 def project(e2e_project):
     return e2e_project
@@ -26,6 +37,7 @@ class TestOneRepro:
         root, env, out = project
         assert "Running stage 'assets'" in out and (root / "data/raw/ag_news/test.csv").is_file()
         assert not [line for line in out.splitlines() if any(n in line for n in NOISE)]  # stages' stderr is in `out`
+        assert not repeated_lines(out), repeated_lines(out)  # a console a user reads: no line more than 3 times
         for v in VARIANTS:
             assert f"Running stage 'evaluate@{v}'" in out
             d = json.loads((root / "reports" / "eval" / f"{v}.json").read_text())  # details: not a DVC metric

@@ -36,6 +36,14 @@ def test_budget_keeps_the_most_sensitive_projections_until_the_validation_drop_f
     assert 0.0 <= meta["mac_share_8bit"] < 1.0
     model, _ = load_variant("b", raw, tmp_path / "b", CPU)
     assert model.ptqflow_runtime["w8a8_layers"] == 8 - budget["k"]
+    assert budget["seconds"] > 0
+    from ptqflow.report import budget_rows
+
+    nncf = {"mac_share_8bit": 0.5, "search_seconds": 31.0, "accuracy_control": {"max_drop": 0.005, "validation_rows": 878,
+                                                                               "reverted_to_float": ["a", "b"]}}
+    rows = budget_rows({"b": {"quantization": meta}, "ac": {"quantization": nncf}, "fp32": {}})
+    assert len(rows) == 2 and f"| {budget['k']} |" in rows[0] and f"{budget['seconds']} |" in rows[0]
+    assert rows[1] == "| `ac` | NNCF `quantize_with_accuracy_control` (point estimate) | 0.50 | 878 | 2 | 50.0% | 31.0 |"
 
 
 def test_smoothquant_and_percentile_ranges(tmp_path, tiny_trained, tiny_prepared, fp32_artifact):

@@ -438,7 +438,8 @@ def bench_markdown(bench: dict) -> str:
     base, half = bench.get("baseline"), bench.get("half_baseline")
     lines = [
         f"Device: {env['device_name']}; torch {env['torch']}, transformers {env['transformers']}, "
-        f"bitsandbytes {env['bitsandbytes']}, CUDA {env['cuda']}. Date: {bench['date']}.",
+        f"bitsandbytes {env['bitsandbytes']}, onnxruntime {env.get('onnxruntime')}, openvino {env.get('openvino')}, "
+        f"nncf {env.get('nncf')}, CUDA {env['cuda']}. Date: {bench['date']}.",
         f"Model: {bench['model']}. Sequence length {proto['seq_len']}; {proto['input']}.",
         f"Protocol: every variant loaded in one process, {proto['rounds']} rounds, each visiting every variant once "
         f"in a fresh seeded random order (seed {proto['seed']}); a visit = {proto['warmup']} warm-up + {proto['iters']} "

@@ -84,6 +84,9 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "transformers": installed_version("transformers"),
         "bitsandbytes": installed_version("bitsandbytes"),
+        "onnxruntime": installed_version("onnxruntime"),
+        "openvino": installed_version("openvino"),
+        "nncf": installed_version("nncf"),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
     if device.type == "cpu":

@@ -3,7 +3,7 @@
 `models/recommended/` holds
 - `model/`: the variant's artifact as its runtime loads it: a Hugging Face folder (`fp32`, `cast`:
   `AutoModelForSequenceClassification.from_pretrained`), an ONNX graph + external data (`ort_*`:
-  `onnxruntime.InferenceSession`), or, for schemes whose saved form only ptqflow's registry reads
+  `onnxruntime.InferenceSession`), an OpenVINO IR (`ov_*`: `openvino.Core().compile_model`), or, for schemes whose saved form only ptqflow's registry reads
   (`int8_scratch`, `int8_dynamic`, `torchao`, `bnb_*`), that artifact with `ptqflow.json`; `loader` says which;
 - `tokenizer/`: the tokenizer it was trained with (from models/finetuned);
 - `README.md`: a model card with its Table 1 row, the accuracy change with CI and McNemar p, latency and
@@ -87,6 +87,9 @@ def model_card(meta: dict, comparison: dict) -> str:
                         "tokenizer = AutoTokenizer.from_pretrained('models/recommended/tokenizer')\n```",
         "onnxruntime": "```python\nimport onnxruntime\nsession = onnxruntime.InferenceSession('models/recommended/model/model.onnx')\n"
                        "# inputs: input_ids, attention_mask (int64, [batch, sequence]); output: logits\n```",
+        "openvino": "```python\nimport openvino\ncompiled = openvino.Core().compile_model('models/recommended/model/model.xml', 'CPU',\n"
+                    "    {'INFERENCE_PRECISION_HINT': 'f32'})  # the hint it was measured with: package.json options / runtime\n"
+                    "# inputs: input_ids, attention_mask[, token_type_ids] (int64, [batch, sequence]); output: logits\n```",
         "ptqflow": f"Its saved form is read by ptqflow's registry only (scheme `{meta['scheme']}`):\n"
                    "```python\nfrom ptqflow.predict import load_packaged\nmodel = load_packaged('models/recommended')\n```",
     }[meta["loader"]]
@@ -126,7 +129,7 @@ def model_card(meta: dict, comparison: dict) -> str:
 
 
 EXAMPLE_TEXT = "Stocks rallied after the central bank held interest rates steady."
-RUNTIME_PACKAGES = ("torch", "transformers", "onnxruntime", "bitsandbytes", "torchao", "safetensors", "pandas", "numpy")
+RUNTIME_PACKAGES = ("torch", "transformers", "onnxruntime", "openvino", "bitsandbytes", "torchao", "safetensors", "pandas", "numpy")
 
 
 def register(folder: Path, name: str, run_id: str, parent_id: str) -> str:

@@ -303,7 +303,8 @@ def render_markdown(
         "# Post-training quantization report",
         "",
         f"Test rows: {base['test_rows']}. Device: {env['device_name']}; torch {env['torch']}, transformers "
-        f"{env['transformers']}, bitsandbytes {env['bitsandbytes']}. Benchmark date: {bench['date']}.",
+        f"{env['transformers']}, bitsandbytes {env['bitsandbytes']}, onnxruntime {env.get('onnxruntime')}, openvino "
+        f"{env.get('openvino')}, nncf {env.get('nncf')}. Benchmark date: {bench['date']}.",
         f"Speed: every variant loaded in one process and timed interleaved (`benchmark` stage): {proto['rounds']} rounds, "
         f"each visiting every variant once in a fresh seeded random order; a visit = {proto['warmup']} warm-up + "
         f"{proto['iters']} timed passes of one batch of {proto['batch_sizes'][0]} x {proto['seq_len']} tokens (padded); "
@@ -401,7 +402,33 @@ def sensitivity_section(details: dict[str, dict], figures: dict[str, str], top: 
                     f"projection multiply-accumulates run in low bits. Drops measured (points): {tried}.", ""]
         if name in figures:
             out += [f"![sensitivity {name}]({figures[name]})", ""]
+    searches = budget_rows(details)
+    if searches:
+        out += ["### Accuracy-budgeted searches side by side", "",
+                "Each keeps the operations that cost the most validation accuracy in float until the validation drop is "
+                "within its budget; the test set then judges the result in Table 1.", "",
+                "| variant | method | budget (points) | validation rows | kept in float | MACs in low bits | search time (s) |",
+                "|---|---|---|---|---|---|---|", *searches, ""]
     return (["## Sensitivity: which projections quantization hurts", "", *out]) if out else []
+
+
+def budget_rows(details: dict[str, dict]) -> list[str]:
+    """One table row per variant that searched for an accuracy budget: ptqflow's `budget: auto` (int8_static) and
+    NNCF's accuracy control (ov_int8_accuracy_control)."""
+    rows = []
+    for name, m in details.items():
+        q = m.get("quantization") or {}
+        if q.get("budget"):
+            b = q["budget"]
+            rows.append(f"| `{name}` | ptqflow `budget: auto` ({b.get('confidence', 0.5):.0%} one-sided bound) | "
+                        f"{b['max_drop'] * 100:.2f} | {b['rows']} | {len(b['kept'])} | {q.get('mac_share_8bit', 0):.1%} | "
+                        f"{b.get('seconds', '-')} |")
+        elif q.get("accuracy_control"):
+            a = q["accuracy_control"]
+            rows.append(f"| `{name}` | NNCF `quantize_with_accuracy_control` (point estimate) | {a['max_drop'] * 100:.2f} | "
+                        f"{a['validation_rows']} | {len(a['reverted_to_float'])} | {q.get('mac_share_8bit', 0):.1%} | "
+                        f"{q.get('search_seconds', '-')} |")
+    return rows
 
 
 def multiplicity_rule(params: ReportParams, rows: list[dict]) -> str:

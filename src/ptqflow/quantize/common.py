@@ -61,8 +61,8 @@ def from_artifact(artifact_dir: Path, dtype: torch.dtype, device: torch.device) 
     return AutoModelForSequenceClassification.from_pretrained(str(artifact_dir), dtype=dtype).to(device)
 
 
-WEIGHT_FILES = ("*.safetensors", "*.onnx", "*.onnx.data")  # PyTorch variants; ONNX graph + its external data
-WEIGHT_FILES_NOTE = "weight files: *.safetensors, or *.onnx + its external data (*.onnx.data)"
+WEIGHT_FILES = ("*.safetensors", "*.onnx", "*.onnx.data", "*.xml", "*.bin")  # PyTorch; ONNX + external data; OpenVINO IR
+WEIGHT_FILES_NOTE = "weight files: *.safetensors, or *.onnx + its external data (*.onnx.data), or an OpenVINO IR (*.xml + *.bin)"
 
 
 def weights_bytes(artifact_dir: Path) -> int:

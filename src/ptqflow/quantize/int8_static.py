@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -61,7 +62,7 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
     sensitivity: bool = False  # score every projection quantized alone on `sensitivity_rows` validation rows
     sensitivity_rows: int = 256
     budget: Literal["none", "auto"] = "none"  # auto: keep the most sensitive projections in `dtype` until within max_drop
-    max_drop: float = 0.005  # the budget: validation accuracy drop (fraction) allowed (as report.max_accuracy_drop)
+    max_drop: float | None = None  # the budget: validation accuracy drop (fraction) allowed; null: report.max_accuracy_drop
     budget_confidence: float = 0.95  # the drop's one-sided bootstrap bound that must fit (0.5: the point estimate)
 
     def __post_init__(self) -> None:
@@ -74,7 +75,8 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
         check(self.smoothquant is None or 0.0 <= self.smoothquant <= 1.0, "smoothquant", "an alpha in [0, 1] or null",
               self.smoothquant)
         check(self.sensitivity_rows >= 1, "sensitivity_rows", "a positive integer", self.sensitivity_rows)
-        check(0.0 <= self.max_drop < 1.0, "max_drop", "a fraction in [0, 1) (0.005 = 0.5 points)", self.max_drop)
+        check(self.max_drop is None or 0.0 <= self.max_drop < 1.0, "max_drop", "a fraction in [0, 1) (0.005 = 0.5 points) or null",
+              self.max_drop)
         check(0.5 <= self.budget_confidence < 1.0, "budget_confidence", "a level in [0.5, 1)", self.budget_confidence)
 
 
@@ -89,7 +91,7 @@ def available(options: Int8StaticOptions, device: torch.device) -> str | None:
     if device.type != "cuda" and kernel == "triton":
         return "int8 static W8A8 with kernel: triton runs its int8 GEMM on a CUDA GPU; this machine has none (kernel: int_mm runs on a CPU)"
     if kernel == "triton":
-        from ..int8_gemm import missing
+        from ..runtimes.int8_gemm import missing
 
         return missing()
     return None
@@ -120,7 +122,7 @@ class Int8StaticLinear(nn.Module):
         x2 = x2.float() * self.input_smooth if self.smooth else x2.float()  # formula (0)
         xq = torch.round(x2 / self.input_scale).clamp(-self.qmax, self.qmax).to(torch.int8)  # formula (2)
         if self.kernel == "triton":
-            from ..int8_gemm import int8_gemm_rescale
+            from ..runtimes.int8_gemm import int8_gemm_rescale
 
             y = int8_gemm_rescale(xq, self.weight_int8, self.input_scale, self.weight_scale, self.bias)
         else:
@@ -226,6 +228,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
     info: dict = {}
     quantized = list(chosen)
     if options.sensitivity or options.budget == "auto":
+        started = time.perf_counter()
         rows, labels = calibration.scoring_batches(options.sensitivity_rows)
         table = sens.per_projection(model, chosen, make, [_to(b, device) for b in rows], labels.to(device))
         info["sensitivity"] = {"rows": int(labels.numel()), "source": calibration.source, "by_projection": table}
@@ -234,7 +237,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
             every, every_labels = calibration.scoring_batches(len(calibration.rows))
             search = sens.budget_search(model, ranked, make, [_to(b, device) for b in every], every_labels.to(device),
                                         options.max_drop, options.budget_confidence)
-            info["budget"] = search
+            info["budget"] = {**search, "seconds": round(time.perf_counter() - started, 1)}  # ranking + search
             quantized = [n for n in chosen if n not in search["kept"]]
     macs = sens.macs(model, found.projections)
     tensors: dict[str, torch.Tensor] = {}

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import PtqflowError
 from ..config import check
-from ..onnx_export import DATA_FILE, GRAPH_FILE, ExportOptions, export_onnx, quiet
+from ..runtimes.onnx_export import DATA_FILE, GRAPH_FILE, ExportOptions, export_onnx, quiet
 from ..structure import expect
 from ..calibration import Calibration
 from .registry import Scheme
@@ -155,7 +155,7 @@ def quantize_fp16(src_dir: Path, out_dir: Path, options: OrtFp16Options) -> dict
 def load(artifact_dir: Path, options: ExportOptions, device: torch.device) -> torch.nn.Module:
     from transformers import AutoConfig
 
-    from ..ort_session import OrtClassifier
+    from ..runtimes.ort_session import OrtClassifier
 
     graph = artifact_dir / GRAPH_FILE
     if not graph.is_file():
@@ -171,13 +171,13 @@ def cpu_only(options: ExportOptions, device: torch.device) -> str | None:
 
 
 def any_provider(options: ExportOptions, device: torch.device) -> str | None:
-    from ..ort_session import missing_provider
+    from ..runtimes.ort_session import missing_provider
 
     return missing_provider(device)
 
 
 def cuda_only(options: ExportOptions, device: torch.device) -> str | None:
-    from ..ort_session import missing_provider
+    from ..runtimes.ort_session import missing_provider
 
     if device.type != "cuda":
         return f"ort_fp16 runs on ONNX Runtime's CUDA execution provider; this run is on {device.type} (float16 on CPU is emulated)"

@@ -16,6 +16,7 @@ Two things are common to every variant rather than part of a scheme:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -112,13 +113,22 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
 
 
 def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str | Path, device: torch.device | None = None,
-                     calibration: Callable[[], Calibration] | None = None) -> dict:
+                     calibration: Callable[[], Calibration] | None = None, max_drop: float | None = None) -> dict:
     """Write variant `variant`'s artifact to `out_dir` (atomically) with its metadata file; returns the metadata.
 
     A variant that cannot run on `device` (default: CUDA when present, else CPU) gets a metadata file that
-    says `skipped` and why, and no weights. A calibrating scheme calls `calibration()` for its rows.
+    says `skipped` and why, and no weights. A calibrating scheme calls `calibration()` for its rows. A scheme
+    with an accuracy budget (`max_drop` option) left null runs with `max_drop` (the report's
+    max_accuracy_drop; its default when not given); the metadata keeps the options as written and records
+    the budget used as `max_drop_used`.
     """
     scheme, options = resolve(variant, raw)
+    written = options
+    if getattr(options, "max_drop", 0) is None:
+        from ..config import ReportParams
+
+        used = ReportParams().max_accuracy_drop if max_drop is None else max_drop
+        options = dataclasses.replace(options, max_drop=used)
     src_dir = Path(src_dir)
     if not (src_dir / "config.json").is_file():
         raise PtqflowError(f"{src_dir}: no fine-tuned model (run the finetune stage)")
@@ -132,7 +142,9 @@ def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str |
             info = scheme.quantize(src_dir, tmp, options, calibration())
         else:
             info = scheme.quantize(src_dir, tmp, options)
-        meta = {"variant": variant, "scheme": scheme.name, "options": to_dict(options), **info}
+        meta = {"variant": variant, "scheme": scheme.name, "options": to_dict(written), **info}
+        if options is not written:
+            meta["max_drop_used"] = options.max_drop
         write_json(tmp / META_FILE, meta)
     return meta
 

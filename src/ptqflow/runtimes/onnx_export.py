@@ -23,9 +23,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .config import check
-from .errors import PtqflowError
-from .structure import expect, of, position_limit, uses_token_types
+from ..config import check
+from ..errors import PtqflowError
+from ..structure import expect, of, position_limit, uses_token_types
 
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -40,7 +40,7 @@ class ExportOptions:
 
     exporter: Literal["dynamo", "torchscript"] = "dynamo"  # torch.onnx.export(dynamo=True) or the TorchScript exporter
     opset: int = 18
-    attention: Literal["sdpa", "eager"] = "sdpa"  # attn_implementation traced into the graph
+    attention: Literal["auto", "sdpa", "eager"] = "auto"  # traced into the graph; auto: sdpa where the architecture has it
     fusions: Literal["none", "transformer"] = "none"  # transformer: onnxruntime.transformers fusions before quantizing
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # session level when the model runs
     parity_tolerance: float = 1e-3  # max |logits difference| ORT fp32 vs PyTorch fp32 at export
@@ -84,6 +84,21 @@ def sample_inputs(config, shape: tuple[int, int], seed: int) -> dict[str, torch.
     return feeds
 
 
+def attention_for(src_dir: Path, wanted: str) -> str:
+    """The attention implementation to trace: `wanted`, or for `auto` SDPA where the architecture's transformers
+    class implements it (`_supports_sdpa`) and eager where it does not (e.g. DeBERTa-v2, MPNet, XLNet)."""
+    if wanted != "auto":
+        return wanted
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(str(src_dir))
+    try:
+        cls = AutoModelForSequenceClassification._model_mapping[type(config)]
+    except KeyError:
+        raise PtqflowError(f"{src_dir}: {config.model_type} has no sequence-classification class in transformers") from None
+    return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+
+
 def load_for_export(src_dir: Path, attention: str) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
@@ -100,7 +115,8 @@ def export_onnx(src_dir: Path, out_dir: Path, options: ExportOptions) -> dict:
     """Write `out_dir/model.onnx` (+ external data) from the fine-tuned model in `src_dir`; returns what was done:
     exporter, opset, fused operators, parity with PyTorch, and the model's projections + head (the weight
     matrix products a quantizer should find)."""
-    model = load_for_export(src_dir, options.attention)
+    attention = attention_for(src_dir, options.attention)
+    model = load_for_export(src_dir, attention)
     config = model.config
     limit = position_limit(config)
     if limit is not None and limit < PARITY_SHAPE[1]:
@@ -136,7 +152,7 @@ def export_onnx(src_dir: Path, out_dir: Path, options: ExportOptions) -> dict:
                "weight matrix products (MatMul / Gemm with a constant weight) in the ONNX graph",
                f"{config.model_type} export (projections + head)")
     return {
-        "onnx": {"exporter": options.exporter, "opset": options.opset, "attention": options.attention,
+        "onnx": {"exporter": options.exporter, "opset": options.opset, "attention": attention,
                  "fusions": options.fusions, "fused_operators": fused, "inputs": names, "weight_matmuls": products,
                  "operators": dict(Counter(n.op_type for n in proto.node).most_common())},
         "parity_max_abs_diff": parity,
