@@ -99,3 +99,24 @@ def test_a_half_type_this_cpu_emulates_is_skipped_with_the_reason_unless_forced(
     amx = {"model": "Intel Xeon", "flags": ["avx512_fp16", "amx_bf16", "amx_fp16"]}
     monkeypatch.setattr(machine, "cpu_info", lambda cpuinfo="/proc/cpuinfo": amx)
     assert scheme.available(options, cpu) is None
+
+
+def test_variants_says_where_each_default_variant_runs_for_another_cpu(capsys):
+    """`ptqflow variants --cpu-flags`: the same availability code as the stages, for the flags given (an AMX Xeon
+    runs fp16 and the bf16 variants, a CPU without avx512_bf16 / fp16 skips them with the reason); this machine's
+    own answer is untouched afterwards."""
+    from ptqflow import machine
+    from ptqflow.cli import main
+
+    before = machine.cpu_info()
+    main(["variants", "--cpu-flags", "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16"])
+    amx = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    main(["variants", "--cpu-flags", "avx2,fma"])
+    old = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name in ("fp16", "bf16", "ov_bf16"):
+        assert amx[name].endswith(" runs") and " skipped: " in old[name], name
+    assert "float16 is emulated" in old["fp16"] and "bfloat16 is not native" in old["ov_bf16"]
+    for name in ("fp32", "int8_dynamic", "ov_int8", "ort_int8_dynamic"):
+        assert amx[name].endswith(" runs") and old[name].endswith(" runs")
+    assert " skipped: " in amx["int4_wo_ao"]  # CUDA-only on any CPU
+    assert machine.cpu_info() == before

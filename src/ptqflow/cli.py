@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from .errors import PtqflowError, run_cli
@@ -133,6 +134,30 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{label}\t{text}")
 
 
+def _variants(args: argparse.Namespace) -> None:
+    import torch
+
+    from .config import load_params
+    from .machine import assume_cpu, cpu_info
+    from .quantize import resolve, unavailable
+
+    variants = load_params(args.params).get("variants") or {}
+    if not variants:
+        raise PtqflowError(f"{args.params}: no variants")
+    device = torch.device(args.device)
+    flags = args.cpu_flags.replace(",", " ").split() if args.cpu_flags is not None else None
+    with assume_cpu(flags, "the CPU of --cpu-flags") if flags is not None else contextlib.nullcontext():
+        info = cpu_info()
+        print(f"{device.type}: {info['model']} [{' '.join(info['flags']) or 'no listed flags'}]" if device.type == "cpu" else "cuda")
+        skipped = 0
+        for name, raw in variants.items():
+            scheme, _ = resolve(name, raw)
+            why = unavailable(name, raw, device)
+            skipped += bool(why)
+            print(f"{name:28s} {scheme.name:26s} {'skipped: ' + why if why else 'runs'}")
+    print(f"{len(variants) - skipped} of {len(variants)} variants run; the skipped ones' stages only write why")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptqflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a field of that config (its own names, e.g. num_hidden_layers=12), with --from-config")
     p.add_argument("--out", default="benchmarks/bench", help="output path without extension (.json and .md)")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("variants", help="where each variant of the params file runs: on this machine, or on a CPU with "
+                       "other flags (--cpu-flags), and why the others are skipped")
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the device the stages would run on (default: %(default)s)")
+    p.add_argument("--cpu-flags", default=None, metavar="FLAGS",
+                   help="plan for another CPU: its /proc/cpuinfo flags (space or comma separated), e.g. "
+                   "'avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16' for an AMX Xeon")
+    p.set_defaults(func=_variants)
     p = sub.add_parser("table", help="print the comparison table (one row per variant) from metrics/comparison.json")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     p.add_argument("--comparison", default="metrics/comparison.json", help="the report stage's comparison (default: %(default)s)")

@@ -3,6 +3,7 @@ count, library versions and the command line. Recorded beside every latency and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -15,8 +16,25 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx51
              "amx_fp16", "fma", "f16c")
 
 
+_ASSUMED: dict | None = None  # assume_cpu(): another CPU's model and flags, to plan for it (never set in a stage)
+
+
+@contextlib.contextmanager
+def assume_cpu(flags: list[str], model: str = "assumed CPU"):
+    """Within the block, cpu_info() answers `model` and `flags` (filtered to CPU_FLAGS): what would run on
+    another kind of CPU (`ptqflow variants --cpu-flags`), decided by the same code as on this one."""
+    global _ASSUMED
+    saved, _ASSUMED = _ASSUMED, {"model": model, "flags": [f for f in CPU_FLAGS if f in set(flags)]}
+    try:
+        yield
+    finally:
+        _ASSUMED = saved
+
+
 def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     """{"model": ..., "flags": [...]} from /proc/cpuinfo (Linux); the platform's processor string elsewhere."""
+    if _ASSUMED is not None:
+        return dict(_ASSUMED)
     model, flags = platform.processor() or platform.machine(), []
     try:
         text = Path(cpuinfo).read_text()
