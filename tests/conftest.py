@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .families import FAMILIES
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PTQFLOW_MIRROR", ROOT.parent / "shared")).resolve()
 AG_NEWS = SHARED / "data" / "ag_news"
@@ -94,3 +96,16 @@ def e2e_project(tmp_path_factory, shared):
     env = make_project(root, shared, VARIANTS + SKIPPED)
     out = run(["dvc", "repro"], root, env)
     return root, env, out
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def fresh_family(request, tmp_path_factory):
+    """(family, folder holding `model/`: a tiny classifier of that family with fresh weights), for the exported
+    runtimes' per-family tests."""
+    from ptqflow.benchmark import build_from_config
+
+    from .families import make_base
+
+    root = tmp_path_factory.mktemp(f"fresh-{request.param}")
+    build_from_config(str(make_base(request.param, GPT2, root / "base")), {}, root / "model")
+    return request.param, root

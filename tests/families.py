@@ -33,3 +33,10 @@ def make_base(family: str, gpt2_dir: Path, out: Path, **extra) -> Path:
         if (gpt2_dir / name).is_file():
             shutil.copy(gpt2_dir / name, out / name)
     return out
+
+
+def random_calibration():
+    """24 seeded random rows of 16 token ids: what a calibrating scheme fits on when a test has no data at hand."""
+    from ptqflow.calibration import random_rows
+
+    return random_rows(24, 16, 1000, pad_id=0)

@@ -16,7 +16,7 @@ from ptqflow.errors import PtqflowError
 from ptqflow.quantize import load_variant, quantize_variant, resolve, unavailable
 
 from .conftest import GPT2
-from .families import FAMILIES, PROJECTIONS, make_base
+from .families import PROJECTIONS, make_base, random_calibration
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -28,38 +28,21 @@ OV = {
 }
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def fresh(request, tmp_path_factory):
-    """(family, folder of a tiny classifier of that family with fresh weights)."""
-    from ptqflow.benchmark import build_from_config
-
-    family = request.param
-    root = tmp_path_factory.mktemp(f"ov-{family}")
-    build_from_config(str(make_base(family, GPT2, root / "base")), {}, root / "model")
-    return family, root
-
-
-def _random_calibration():
-    from ptqflow.calibration import random_rows
-
-    return random_rows(24, 16, 1000, pad_id=0)
-
-
-def test_every_family_converts_with_parity_and_runs_every_projection_in_int8(fresh):
+def test_every_family_converts_with_parity_and_runs_every_projection_in_int8(fresh_family):
     """Each family converts with f32 parity at another batch and length than the example (padded rows included);
     ov_int8's compiled model runs every body projection's matrix product in u8/i8 and the head in float."""
     from ptqflow.batches import pad_batch
     from ptqflow.quantize.common import load_finetuned
     from ptqflow.structure import of
 
-    family, root = fresh
+    family, root = fresh_family
     ref = load_finetuned(root / "model")
     rows = [list(range(5, 5 + n)) for n in (20, 7, 13)]
     batch = pad_batch(rows, ref.config.pad_token_id or 0, None, [[0] * len(r) for r in rows] if family == "bert" else None)
     with torch.no_grad():
         want = ref(**batch).logits
     for name, raw in OV.items():
-        meta = quantize_variant(name, raw, root / "model", root / name, CPU, calibration=_random_calibration)
+        meta = quantize_variant(name, raw, root / "model", root / name, CPU, calibration=random_calibration)
         assert meta["parity_max_abs_diff"] < 1e-4, (family, meta["parity_max_abs_diff"])
         assert meta["openvino"]["attention"] == "sdpa"
         model, _ = load_variant(name, raw, root / name, CPU)
@@ -86,7 +69,7 @@ def test_ignored_scope_keeps_named_projections_float(tmp_path):
 
     build_from_config(str(make_base("bert", GPT2, tmp_path / "base")), {}, tmp_path / "model")
     raw = {**OV["ov_int8"], "ignored_scope": [r"bert\.encoder\.layer\.1\..*"]}
-    meta = quantize_variant("ov_int8", raw, tmp_path / "model", tmp_path / "ignored", CPU, calibration=_random_calibration)
+    meta = quantize_variant("ov_int8", raw, tmp_path / "model", tmp_path / "ignored", CPU, calibration=random_calibration)
     assert meta["quantized_modules"] == PROJECTIONS["bert"] - 6  # a BERT layer has 6 projections
     assert all(name.startswith("bert.encoder.layer.1.") for name in meta["kept_float"]) and len(meta["kept_float"]) == 6
     assert 0 < meta["mac_share_8bit"] < 1

@@ -11,7 +11,7 @@ from ptqflow.errors import PtqflowError
 from ptqflow.quantize import load_variant, quantize_variant, resolve, unavailable
 
 from .conftest import GPT2
-from .families import FAMILIES, PROJECTIONS, make_base
+from .families import PROJECTIONS, make_base, random_calibration
 
 CPU = torch.device("cpu")
 ORT = {
@@ -21,29 +21,12 @@ ORT = {
 }
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def fresh(request, tmp_path_factory):
-    """(family, folder of a tiny classifier of that family with fresh weights)."""
-    from ptqflow.benchmark import build_from_config
-
-    family = request.param
-    root = tmp_path_factory.mktemp(f"ort-{family}")
-    build_from_config(str(make_base(family, GPT2, root / "base")), {}, root / "model")
-    return family, root
-
-
-def _random_calibration():
-    from ptqflow.calibration import random_rows
-
-    return random_rows(24, 16, 1000, pad_id=0)
-
-
-def test_every_family_exports_with_parity_and_every_product_quantized(fresh):
+def test_every_family_exports_with_parity_and_every_product_quantized(fresh_family):
     """Each family's graph matches PyTorch at another batch and length than the export example (padded rows
     included), holds exactly projections + head weight products, and both int8 schemes quantize all of them."""
     from ptqflow.batches import pad_batch
 
-    family, root = fresh
+    family, root = fresh_family
     expected = PROJECTIONS[family] + 1  # + the classification head
     ref = __import__("ptqflow.quantize.common", fromlist=["load_finetuned"]).load_finetuned(root / "model")
     rows = [list(range(5, 5 + n)) for n in (20, 7, 13)]
@@ -51,7 +34,7 @@ def test_every_family_exports_with_parity_and_every_product_quantized(fresh):
     with torch.no_grad():
         want = ref(**batch).logits
     for name, raw in ORT.items():
-        meta = quantize_variant(name, raw, root / "model", root / name, CPU, calibration=_random_calibration)
+        meta = quantize_variant(name, raw, root / "model", root / name, CPU, calibration=random_calibration)
         assert meta["parity_max_abs_diff"] < 1e-4, (family, meta["parity_max_abs_diff"])
         assert sum(meta["onnx"]["weight_matmuls"].values()) == expected
         assert meta["quantized_tensors"] == (0 if name == "ort_fp32" else expected), (family, name)
