@@ -42,6 +42,28 @@ def test_int4_groups_pack_two_codes_per_byte_within_half_a_step():
         quantize_groups_int4(torch.randn(4, 48))
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_fewer_bit_groups_pack_a_bit_stream_within_half_a_step(bits):
+    """int2 / int3 / int4: dim * bits / 8 bytes per row, codes within [-Q, Q], the int4 layout unchanged (low nibble =
+    even column), lookups equal to the dequantized rows."""
+    from ptqflow.quantize.embedding import pack, quantize_groups, unpack
+
+    t = _table()
+    packed, s = quantize_groups(t, bits)
+    assert packed.shape == (50, 64 * bits // 8) and packed.dtype == torch.uint8
+    q = unpack(packed, bits)
+    assert int(q.abs().max()) == 2 ** (bits - 1) - 1
+    step = s.float().repeat_interleave(GROUP, dim=1)
+    assert bool(((t - q.float() * step).abs() <= step / 2 * (1 + 1e-3)).all())
+    codes = torch.randint(0, 2**bits, (3, 64))
+    assert torch.equal(unpack(pack(codes, bits), bits).to(torch.int64) + 2 ** (bits - 1), codes)
+    if bits == 4:
+        assert torch.equal(packed[:, 0] & 0x0F, (q[:, 0] + 8).to(torch.uint8))
+    emb = QuantizedEmbedding(f"int{bits}", packed, s, torch.float32)
+    ids = torch.tensor([[3, 7, 49], [0, 0, 1]])
+    torch.testing.assert_close(emb(ids), (q.float() * step)[ids])
+
+
 @pytest.mark.parametrize("raw", [
     {"scheme": "int8_scratch", "embeddings": "int4"},
     {"scheme": "bnb_nf4", "embeddings": "int4"},
@@ -98,7 +120,7 @@ def test_bad_options_are_one_line_errors():
     from ptqflow.quantize import resolve
 
     with pytest.raises(PtqflowError, match="embeddings must be one of"):
-        resolve("v", {"scheme": "int8_scratch", "embeddings": "int2"})
+        resolve("v", {"scheme": "int8_scratch", "embeddings": "int5"})
     with pytest.raises(PtqflowError, match="compile must be one of"):
         resolve("v", {"scheme": "fp32", "compile": "fast"})
     with pytest.raises(PtqflowError, match="set dtype: bfloat16"):

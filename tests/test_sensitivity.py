@@ -86,3 +86,33 @@ def test_bad_options_are_one_line():
         resolve("x", {"scheme": "int8_static", "activation_bits": 9})
     with pytest.raises(PtqflowError, match="smoothquant must be an alpha in"):
         resolve("x", {"scheme": "int8_static", "smoothquant": 1.5})
+
+
+def test_the_size_search_picks_the_fewest_embedding_bits_that_fit(tmp_path, tiny_trained, tiny_prepared):
+    """bnb_nf4 with embeddings: auto tries 2, 3, 4 bits in that order on the validation rows, stops at the first whose
+    drop bound fits, stores that mode, and loads it back; a zero budget with a 0.5 'bound' (the point estimate)
+    still records every try. The options stay as written; the budget used is the stage's."""
+    from ptqflow.quantize.common import weights_bytes
+    from ptqflow.quantize.embedding import QuantizedEmbedding
+
+    raw = {"scheme": "bnb_nf4", "embeddings": "auto"}
+    meta = quantize_variant("s", raw, tiny_trained, tmp_path / "s", CPU, calibration=lambda: for_model(tiny_prepared, tiny_trained),
+                            max_drop=0.9)
+    search = meta["embedding_search"]
+    assert search["chosen"] == "int2" and [t["candidate"] for t in search["tried"]] == ["int2"]  # a 90-point budget: 2 bits fit
+    assert meta["embeddings"] == "int2" and meta["options"]["max_drop"] is None and meta["max_drop_used"] == 0.9
+    assert search["rows"] == 48 and search["seconds"] >= 0
+    model, _ = load_variant("s", raw, tmp_path / "s", CPU)
+    tables = [m for m in model.modules() if isinstance(m, QuantizedEmbedding)]
+    assert len(tables) == 2 and all(m.mode == "int2" for m in tables)
+    strict = {"scheme": "bnb_nf4", "embeddings": "auto", "max_drop": 0.0, "budget_confidence": 0.5}
+    meta = quantize_variant("z", strict, tiny_trained, tmp_path / "z", CPU, calibration=lambda: for_model(tiny_prepared, tiny_trained))
+    tried = [t["candidate"] for t in meta["embedding_search"]["tried"]]
+    assert tried == ["int2", "int3", "int4"][: len(tried)] and "max_drop_used" not in meta
+    chosen = meta["embedding_search"]["chosen"]
+    assert meta["embeddings"] == (chosen or "keep") and (chosen is None or meta["embedding_search"]["tried"][-1]["bound"] <= 0.0)
+    assert weights_bytes(tmp_path / "s") < weights_bytes(tmp_path / "z") or meta["embeddings"] == "int2"
+    from ptqflow.report import budget_rows
+
+    row = budget_rows({"z": {"quantization": meta}})[0]
+    assert row.startswith("| `z` | ptqflow size search") and "| 0.00 | 48 |" in row

@@ -17,6 +17,10 @@ Dropped (each is a library telling about an optional part it can do without; non
 - mlflow, logging or loading the packaged pyfunc model: "Add type hints to the `predict` method to enable data
   validation ...": we log an explicit signature (a `text` column in, a label out), which is what the hints
   would infer (a Python warning).
+- transformers, when the ONNX exporter or OpenVINO's converter walks a model's attributes: "`loss_type=None` was
+  set in the config but it is unrecognized. Using the default loss: `ForCausalLMLoss`": the `loss_function`
+  property read during tracing; no loss is computed there (the classifier's own loss is used in training).
+  Once per exported variant (seven lines in a default `make run`).
 - transformers' per-file progress bars ("Loading weights", "Writing model shards"): a bar per small file,
   not a step a user waits on. Our own long steps (training, evaluation, the benchmark) keep theirs.
 
@@ -35,6 +39,7 @@ KNOWN_NOISE: dict[str, tuple[str, ...]] = {  # logger name -> substrings of the 
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
     "bitsandbytes.autograd._functions": ("MatMul8bitLt: inputs will be cast from",),
+    "transformers.modeling_utils": ("was set in the config but it is unrecognized. Using the default loss",),
 }
 
 KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (  # (message regex, module regex) of Python warnings dropped

@@ -413,8 +413,8 @@ def sensitivity_section(details: dict[str, dict], figures: dict[str, str], top: 
 
 
 def budget_rows(details: dict[str, dict]) -> list[str]:
-    """One table row per variant that searched for an accuracy budget: ptqflow's `budget: auto` (int8_static) and
-    NNCF's accuracy control (ov_int8_accuracy_control)."""
+    """One table row per variant that searched for an accuracy budget: ptqflow's `budget: auto` (int8_static), its
+    size search (`embeddings: auto`, bnb_nf4) and NNCF's accuracy control (ov_int8_accuracy_control)."""
     rows = []
     for name, m in details.items():
         q = m.get("quantization") or {}
@@ -423,6 +423,12 @@ def budget_rows(details: dict[str, dict]) -> list[str]:
             rows.append(f"| `{name}` | ptqflow `budget: auto` ({b.get('confidence', 0.5):.0%} one-sided bound) | "
                         f"{b['max_drop'] * 100:.2f} | {b['rows']} | {len(b['kept'])} | {q.get('mac_share_8bit', 0):.1%} | "
                         f"{b.get('seconds', '-')} |")
+        elif q.get("embedding_search"):
+            e = q["embedding_search"]
+            tries = ", ".join(f"{t['candidate']} {t['drop'] * 100:+.2f} (bound {t['bound'] * 100:+.2f})" for t in e["tried"])
+            rows.append(f"| `{name}` | ptqflow size search: embedding tables at the fewest bits that fit ({tries}): "
+                        f"**{e['chosen'] or 'none, tables float'}** | {e['max_drop'] * 100:.2f} | {e['rows']} | tables at "
+                        f"{e['chosen'] or 'float'} | - | {e.get('seconds', '-')} |")
         elif q.get("accuracy_control"):
             a = q["accuracy_control"]
             rows.append(f"| `{name}` | NNCF `quantize_with_accuracy_control` (point estimate) | {a['max_drop'] * 100:.2f} | "

@@ -140,6 +140,24 @@ def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str]
             "tried": [{"kept": kk, "drop": d, "bound": b} for kk, (d, b) in sorted(tried.items())], "rows": int(labels.numel())}
 
 
+def smallest_fitting(candidates: list[str], right: Callable[[str], np.ndarray], base_right: np.ndarray, max_drop: float,
+                     confidence: float = 0.95) -> dict:
+    """The first of `candidates` (ordered smallest model first) whose validation drop fits, judged like
+    budget_search: right(c)[i] = 1 when row i is right under candidate c, base_right likewise under the float
+    model, fits when the upper `confidence` bound of mean(base_right - right(c)) is <= max_drop. Stops at the
+    first that fits; `chosen` is None when none does. Every candidate tried is recorded."""
+    tried = []
+    for candidate in candidates:
+        r = right(candidate)
+        tried.append({"candidate": candidate, "drop": float(base_right.mean() - r.mean()),
+                      "bound": drop_upper_bound(base_right, r, confidence)})
+        if tried[-1]["bound"] <= max_drop:
+            break
+    chosen = tried[-1]["candidate"] if tried and tried[-1]["bound"] <= max_drop else None
+    return {"chosen": chosen, "tried": tried, "max_drop": max_drop, "confidence": confidence, "rows": int(len(base_right)),
+            "baseline_validation_accuracy": float(base_right.mean())}
+
+
 def heatmap(sensitivity: dict[str, dict], path, title: str) -> None:
     """Layer x projection type, coloured by log10 of formula (1)."""
     import matplotlib

@@ -13,9 +13,14 @@ disables that outlier decomposition). NF4: 4-bit codes of a normal-quantile code
 weights, block absmax constants themselves quantized to 8 bits (double quantization); matrix products
 run in `compute_dtype` after dequantizing each block.
 
-`embeddings: int8 | int4` (embedding.py) also quantizes the embedding tables, which bitsandbytes
+`embeddings: int8 | int4 | int3 | int2` (embedding.py) also quantizes the embedding tables, which bitsandbytes
 leaves in full precision: their quantized codes and scales are saved in the bitsandbytes
 checkpoint in place of the float tables and attached as quantized lookups at load.
+
+`embeddings: auto` (bnb_nf4) is the size search: with the projections in NF4, every table is tried at 2, then 3,
+then 4 bits per value on the whole validation split, and the fewest bits whose accuracy drop against the float
+model fits `max_drop` (its one-sided `budget_confidence` bound, sensitivity.smallest_fitting; max_drop null =
+report.max_accuracy_drop) are kept; none fitting keeps the tables float. The artifact records every try.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .. import structure
 from ..errors import PtqflowError
 from .common import DTYPES, load_finetuned, runtime_device
 from .embedding import EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, embedding_names, quantize_embeddings
+from ..calibration import Calibration
 from .registry import Scheme
 
 CPU_4BIT_BLOCK = 64  # input features per block in bitsandbytes' CPU 4-bit packing
@@ -53,7 +59,18 @@ class Nf4BnbOptions:
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     double_quant: bool = True
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    embeddings: EmbeddingMode = "keep"
+    embeddings: Literal["keep", "int8", "int4", "int3", "int2", "auto"] = "keep"  # auto: the size search (module docstring)
+    max_drop: float | None = None  # embeddings: auto: validation accuracy drop allowed; null: report.max_accuracy_drop
+    budget_confidence: float = 0.95  # embeddings: auto: the drop's one-sided bootstrap bound that must fit
+
+    def budgeted(self) -> bool:
+        return self.embeddings == "auto"
+
+    def __post_init__(self) -> None:
+        from ..config import check
+
+        check(self.max_drop is None or 0.0 <= self.max_drop < 1.0, "max_drop", "a fraction in [0, 1) or null", self.max_drop)
+        check(0.5 <= self.budget_confidence < 1.0, "budget_confidence", "a level in [0.5, 1)", self.budget_confidence)
 
 
 def int8_config(options: Int8BnbOptions, head: list[str]) -> BitsAndBytesConfig:
@@ -109,7 +126,9 @@ def check_cpu_4bit_shapes(model: torch.nn.Module, device: torch.device) -> None:
         )
 
 
-def _quantize_with(make_config, embeddings: EmbeddingMode, src_dir: Path, out_dir: Path) -> dict:
+def _quantize_with(make_config, embeddings: str, src_dir: Path, out_dir: Path, search=None) -> dict:
+    """Quantize with bitsandbytes, then the embedding tables by `embeddings`, or by the mode `search(model, fp_model)`
+    chooses (returning (mode, record)) for `auto`."""
     from transformers import AutoModelForSequenceClassification
 
     fp_model = load_finetuned(src_dir)
@@ -123,6 +142,10 @@ def _quantize_with(make_config, embeddings: EmbeddingMode, src_dir: Path, out_di
     replaced = check_replaced(model, expected)
     n_parameters = model.num_parameters()
     tables = embedding_names(model)
+    searched = {}
+    if embeddings == "auto":
+        chosen, searched["embedding_search"] = search(model, fp_model)
+        embeddings = chosen or "keep"
     emb = quantize_embeddings(model, embeddings, _float_dtype(model))
     model.save_pretrained(str(out_dir))  # the quantized embeddings' buffers (codes, scale) replace the tables' weights
     if emb and set(emb) - set(_stored_embeddings(out_dir, torch.device("cpu"), tables)):
@@ -135,6 +158,8 @@ def _quantize_with(make_config, embeddings: EmbeddingMode, src_dir: Path, out_di
         "kept_full_precision": kept,
         "quantized_on": device.type,
         "n_parameters": n_parameters,
+        "embeddings": embeddings,
+        **searched,
     }
 
 
@@ -187,16 +212,51 @@ def quantize_int8(src_dir: Path, out_dir: Path, options: Int8BnbOptions) -> dict
     return {"runtime_dtype": f"{rt}; {describe(options.embeddings)}", **info}
 
 
-def quantize_nf4(src_dir: Path, out_dir: Path, options: Nf4BnbOptions) -> dict:
-    info = _quantize_with(lambda head: nf4_config(options, head), options.embeddings, src_dir, out_dir)
-    return {"runtime_dtype": f"{options.quant_type} weights, {options.compute_dtype} compute; {describe(options.embeddings)}", **info}
+def quantize_nf4(src_dir: Path, out_dir: Path, options: Nf4BnbOptions, calibration: Calibration | None = None) -> dict:
+    search = (lambda model, fp_model: _embedding_search(model, fp_model, calibration, options)) if options.embeddings == "auto" else None
+    info = _quantize_with(lambda head: nf4_config(options, head), options.embeddings, src_dir, out_dir, search)
+    return {"runtime_dtype": f"{options.quant_type} weights, {options.compute_dtype} compute; {describe(info['embeddings'])}", **info}
+
+
+def _embedding_search(model: torch.nn.Module, fp_model: torch.nn.Module, calibration: Calibration, options: Nf4BnbOptions):
+    """(the fewest-bits embedding mode that fits the budget, or None; the search's record): module docstring."""
+    import time
+
+    from .. import sensitivity as sens
+    from .embedding import QuantizedEmbedding
+
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    batches, labels = calibration.scoring_batches(len(calibration.rows))
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    base_right = (sens.logits_on(fp_model.to(device), batches).argmax(-1).cpu() == labels).numpy()
+    originals = {n: model.get_submodule(n) for n in embedding_names(model)}
+    dtype = _float_dtype(model)
+
+    def right(mode: str):
+        sens.swap(model, {n: QuantizedEmbedding.from_float(m.weight, mode, dtype) for n, m in originals.items()})
+        try:
+            return (sens.logits_on(model, batches).argmax(-1).cpu() == labels).numpy()
+        finally:
+            sens.swap(model, originals)
+
+    record = sens.smallest_fitting(["int2", "int3", "int4"], right, base_right, options.max_drop, options.budget_confidence)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    return record["chosen"], record
 
 
 def load(artifact_dir: Path, options, device: torch.device) -> torch.nn.Module:
     # LLM.int8 warns on every forward that it casts float32 activations to float16; runtime_dtype says so once.
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-    return load_quantized(artifact_dir, options.embeddings, device)
+    mode = options.embeddings
+    if mode == "auto":  # what the size search chose, recorded in the artifact
+        from ..io import read_json
+        from .registry import META_FILE
+
+        mode = read_json(artifact_dir / META_FILE).get("embeddings", "keep")
+    return load_quantized(artifact_dir, mode, device)
 
 
 INT8 = Scheme("bnb_int8", Int8BnbOptions, quantize_int8, load, "bitsandbytes LLM.int8 on the body's projections")
-NF4 = Scheme("bnb_nf4", Nf4BnbOptions, quantize_nf4, load, "bitsandbytes 4-bit NF4 with double quantization")
+NF4 = Scheme("bnb_nf4", Nf4BnbOptions, quantize_nf4, load, "bitsandbytes 4-bit NF4 with double quantization",
+             calibrates=lambda options: options.embeddings == "auto")

@@ -11,14 +11,19 @@ int8, symmetric per row r of the table E (one scale per token or position):
 
     s[r] = max_i |E[r, i]| / 127,   q[r, i] = round(E[r, i] / s[r]) in [-127, 127],   E_deq = q * s     (1)
 
-int4, symmetric per group of G = 32 consecutive values of a row (g indexes the groups of row r):
+int4 / int3 / int2 (b bits), symmetric per group of G = 32 consecutive values of a row (g indexes the groups
+of row r), with Q = 2^(b-1) - 1 (7, 3, 1):
 
-    s[r, g] = max_{i in g} |E[r, i]| / 7,  q = round(E / s) in [-7, 7],  stored as q + 8 in 4 bits,     (2)
-    two codes per byte (low nibble = even column); the scales are stored as float16 and q is computed
-    with the float16-rounded scale, so the bound below holds for the stored scale.
+    s[r, g] = max_{i in g} |E[r, i]| / Q,  q = round(E / s) in [-Q, Q],  stored as q + 2^(b-1) in b bits,   (2)
+    packed as one little-endian bit stream per row (value i in bits [b i, b i + b): for int4 the low nibble
+    is the even column); the scales are stored as float16 and q is computed with the float16-rounded scale,
+    so the bound below holds for the stored scale.
 
 Both give |E - E_deq| <= s / 2 elementwise. An all-zero row or group gets s = 1 (q = 0, exact).
-Bits per value: int8 8 + 32 / n_embd; int4 4 + 16 / 32 = 4.5.
+Bits per value: int8 8 + 32 / n_embd; int{b} b + 16 / 32 (int4 4.5, int3 3.5, int2 2.5).
+
+`embeddings: auto` (bnb_nf4) picks the fewest bits of (2, 3, 4) whose validation accuracy drop fits the budget
+(sensitivity.smallest_fitting): the size search.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from torch import nn
 from .. import structure
 from .common import absmax_int8_rows
 
-GROUP = 32  # int4: values per scale
-EmbeddingMode = Literal["keep", "int8", "int4"]
+GROUP = 32  # int4 / int3 / int2: values per scale
+EmbeddingMode = Literal["keep", "int8", "int4", "int3", "int2"]
+GROUPED = {"int4": 4, "int3": 3, "int2": 2}  # mode -> bits per code
 
 
 def quantize_rows_int8(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,49 +46,65 @@ def quantize_rows_int8(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return absmax_int8_rows(table)
 
 
-def quantize_groups_int4(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed codes (uint8, [rows, dim / 2]) and per-group scales (float16, [rows, dim / G]) by formula (2)."""
+def quantize_groups(table: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed codes (uint8, [rows, dim * bits / 8]) and per-group scales (float16, [rows, dim / G]) by formula (2)."""
     rows, dim = table.shape
     if dim % GROUP:
-        raise ValueError(f"int4 embeddings need the embedding width to be a multiple of {GROUP}, got {dim}")
+        raise ValueError(f"int{bits} embeddings need the embedding width to be a multiple of {GROUP}, got {dim}")
+    qmax = 2 ** (bits - 1) - 1
     t = table.detach().to(torch.float32).reshape(rows, dim // GROUP, GROUP)
-    scale = (t.abs().amax(dim=2) / 7.0).to(torch.float16)
+    scale = (t.abs().amax(dim=2) / qmax).to(torch.float16)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.clamp(torch.round(t / scale.to(torch.float32)[..., None]), -7, 7).to(torch.int16) + 8
-    q = q.reshape(rows, dim).to(torch.uint8)
-    packed = q[:, 0::2] | (q[:, 1::2] << 4)
-    return packed, scale
+    q = torch.clamp(torch.round(t / scale.to(torch.float32)[..., None]), -qmax, qmax).to(torch.int16) + qmax + 1
+    return pack(q.reshape(rows, dim), bits), scale
+
+
+def quantize_groups_int4(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantize_groups(table, 4)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes in [0, 2^bits) of each row as one little-endian bit stream of bytes ([rows, cols * bits / 8])."""
+    rows, cols = codes.shape
+    shifts = torch.arange(bits, device=codes.device)
+    stream = ((codes.to(torch.int32)[..., None] >> shifts) & 1).reshape(rows, cols * bits // 8, 8)
+    return (stream << torch.arange(8, device=codes.device)).sum(-1).to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The signed codes q in [-Q, Q] (int8, [rows, packed cols * 8 / bits]) of a `pack`ed stream."""
+    rows = packed.shape[0]
+    stream = ((packed.to(torch.int32)[..., None] >> torch.arange(8, device=packed.device)) & 1).reshape(rows, -1, bits)
+    codes = (stream << torch.arange(bits, device=packed.device)).sum(-1)
+    return (codes - 2 ** (bits - 1)).to(torch.int8)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The signed codes q in [-7, 7] (int8, [rows, 2 * packed cols]) of packed nibbles."""
-    low = (packed & 0x0F).to(torch.int8) - 8
-    high = (packed >> 4).to(torch.int8) - 8
-    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+    return unpack(packed, 4)
 
 
 class QuantizedEmbedding(nn.Module):
-    """An `nn.Embedding` lookup over an int8 (per row) or int4 (per group) table; rows dequantized on lookup."""
+    """An `nn.Embedding` lookup over an int8 (per row) or int4 / int3 / int2 (per group) table; rows dequantized on lookup."""
 
     ptqflow_embedding = True  # structure.py counts it as an embedding table
 
-    def __init__(self, mode: Literal["int8", "int4"], codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, mode: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
         super().__init__()
         self.mode, self.dtype = mode, dtype
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale)
         self.num_embeddings = codes.shape[0]
-        self.embedding_dim = codes.shape[1] * (2 if mode == "int4" else 1)
+        self.embedding_dim = codes.shape[1] * 8 // GROUPED[mode] if mode in GROUPED else codes.shape[1]
 
     @classmethod
-    def from_float(cls, table: torch.Tensor, mode: Literal["int8", "int4"], dtype: torch.dtype) -> "QuantizedEmbedding":
-        codes, scale = quantize_rows_int8(table) if mode == "int8" else quantize_groups_int4(table)
+    def from_float(cls, table: torch.Tensor, mode: str, dtype: torch.dtype) -> "QuantizedEmbedding":
+        codes, scale = quantize_rows_int8(table) if mode == "int8" else quantize_groups(table, GROUPED[mode])
         return cls(mode, codes, scale, dtype)
 
     def dequantize_rows(self, ids: torch.Tensor) -> torch.Tensor:
         if self.mode == "int8":
             return self.codes[ids].to(self.dtype) * self.scale[ids].to(self.dtype)[..., None]
-        q = unpack_int4(self.codes[ids.reshape(-1)]).reshape(*ids.shape, self.embedding_dim)
+        q = unpack(self.codes[ids.reshape(-1)], GROUPED[self.mode]).reshape(*ids.shape, self.embedding_dim)
         s = self.scale[ids].to(self.dtype).repeat_interleave(GROUP, dim=-1)
         return q.to(self.dtype) * s
 
@@ -104,16 +126,17 @@ def embedding_names(model: nn.Module) -> list[str]:
 
 
 def quantize_embeddings(model: nn.Module, mode: EmbeddingMode, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Replace every embedding table of `model` by QuantizedEmbedding (mode int8 / int4); returns their stored tensors."""
+    """Replace every embedding table of `model` by QuantizedEmbedding (mode int8 / int4 / int3 / int2); returns their
+    stored tensors."""
     out: dict[str, torch.Tensor] = {}
     if mode == "keep":
         return out
     for name in embedding_names(model):
         table = model.get_submodule(name).weight
-        if mode == "int4" and table.shape[1] % GROUP:
+        if mode in GROUPED and table.shape[1] % GROUP:
             from ..errors import PtqflowError
 
-            raise PtqflowError(f"embeddings: int4 needs embedding widths that are a multiple of {GROUP}; {name} is {table.shape[1]} wide")
+            raise PtqflowError(f"embeddings: {mode} needs embedding widths that are a multiple of {GROUP}; {name} is {table.shape[1]} wide")
         q = QuantizedEmbedding.from_float(table, mode, dtype)
         structure.replace_module(model, name, q)
         out[f"{name}.codes"], out[f"{name}.scale"] = q.codes.contiguous(), q.scale.contiguous()
@@ -142,4 +165,4 @@ def count_quantized_embeddings(model: nn.Module) -> int:
 
 
 def describe(mode: EmbeddingMode) -> str:
-    return {"keep": "embeddings kept", "int8": "embeddings int8 per row", "int4": f"embeddings int4 per {GROUP} values"}[mode]
+    return "embeddings kept" if mode == "keep" else "embeddings int8 per row" if mode == "int8" else f"embeddings {mode} per {GROUP} values"

@@ -65,6 +65,9 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
     max_drop: float | None = None  # the budget: validation accuracy drop (fraction) allowed; null: report.max_accuracy_drop
     budget_confidence: float = 0.95  # the drop's one-sided bootstrap bound that must fit (0.5: the point estimate)
 
+    def budgeted(self) -> bool:
+        return self.budget == "auto"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         from ..config import check

@@ -52,7 +52,8 @@ class Scheme:
     load: Callable[[Path, Any, torch.device], torch.nn.Module]
     description: str
     available: Callable[[Any, torch.device], str | None] = _always  # why it cannot run on a device, or None
-    calibrates: bool = False  # quantize() also takes a Calibration (rows of the validation split)
+    calibrates: bool | Callable[[Any], bool] = False  # quantize() also takes a Calibration (rows of the validation split);
+    # a function of the options when only some options need it
     compiles: bool = True  # False: load() gives no PyTorch graph to compile (an ONNX Runtime session)
     loader: str = "ptqflow"  # what loads the artifact without ptqflow: transformers, onnxruntime, or only ptqflow
 
@@ -124,7 +125,7 @@ def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str |
     """
     scheme, options = resolve(variant, raw)
     written = options
-    if getattr(options, "max_drop", 0) is None:
+    if getattr(options, "max_drop", 0) is None and getattr(options, "budgeted", lambda: True)():
         from ..config import ReportParams
 
         used = ReportParams().max_accuracy_drop if max_drop is None else max_drop
@@ -133,12 +134,13 @@ def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str |
     if not (src_dir / "config.json").is_file():
         raise PtqflowError(f"{src_dir}: no fine-tuned model (run the finetune stage)")
     reason = unavailable(variant, raw, device or runtime_device())
-    if scheme.calibrates and calibration is None and not reason:
+    calibrates = scheme.calibrates(options) if callable(scheme.calibrates) else scheme.calibrates
+    if calibrates and calibration is None and not reason:
         raise PtqflowError(f"variants.{variant}: scheme {scheme.name} calibrates on validation rows; give it the prepared data")
     with atomic_dir(out_dir) as tmp:
         if reason:
             info = {"skipped": reason}
-        elif scheme.calibrates:
+        elif calibrates:
             info = scheme.quantize(src_dir, tmp, options, calibration())
         else:
             info = scheme.quantize(src_dir, tmp, options)
