@@ -205,3 +205,26 @@ def test_an_architecture_without_sdpa_runs_every_stage_on_the_exported_runtimes(
 
     labels = load_packaged(tmp_path / "models" / "recommended").predict(["Stocks rallied", "The team won the cup final"])
     assert set(labels) <= {"World", "Sports", "Business", "Sci/Tech"} and len(labels) == 2
+
+
+@pytest.mark.parametrize("variant", ["ov_fp32", "ort_fp32"])
+def test_an_architecture_a_runtime_cannot_take_is_skipped_with_the_reason(tmp_path, tiny_trained, tiny_prepared, monkeypatch, variant):
+    """A converter / exporter that fails on the architecture: the variant's artifact says skipped with the first line
+    of why, holds nothing else, and evaluation reports it skipped (the run goes on) instead of stopping the pipeline."""
+    import openvino
+
+    from ptqflow.config import EvalParams
+    from ptqflow.evaluate import evaluate_variant
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported operation: aten::made_up\nmore detail")
+
+    monkeypatch.setattr(openvino, "convert_model", unsupported)
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    raw = {"scheme": variant}
+    meta = quantize_variant(variant, raw, tiny_trained, tmp_path / variant, CPU)
+    runtime = "OpenVINO conversion" if variant == "ov_fp32" else "ONNX export (dynamo, opset 18)"
+    assert meta["skipped"] == f"{runtime} of gpt2 failed: Unsupported operation: aten::made_up"
+    assert [p.name for p in (tmp_path / variant).iterdir()] == ["ptqflow.json"]
+    metrics, predictions = evaluate_variant(variant, raw, tmp_path / variant, tiny_prepared, EvalParams(device="cpu"))
+    assert metrics["skipped"] == meta["skipped"] and predictions.empty

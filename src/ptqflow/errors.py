@@ -10,6 +10,11 @@ class PtqflowError(Exception):
     """A problem with the user's input, parameters or environment: printed as one line, exit code 2."""
 
 
+class VariantSkipped(PtqflowError):
+    """The variant cannot run here (the message says why: a device it needs, an architecture its runtime cannot
+    take); it is reported as skipped, not failed, and the rest of the run goes on."""
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run an entry point with the quiet console (console.py); a PtqflowError becomes `error: <message>` on
     stderr and exit status 2."""

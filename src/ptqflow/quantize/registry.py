@@ -17,6 +17,7 @@ Two things are common to every variant rather than part of a scheme:
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -25,7 +26,7 @@ import torch
 
 from ..calibration import Calibration
 from ..config import build, to_dict
-from ..errors import PtqflowError
+from ..errors import PtqflowError, VariantSkipped
 from ..io import atomic_dir, read_json, write_json
 from .common import runtime_device
 
@@ -34,10 +35,6 @@ META_FILE = "ptqflow.json"
 
 CompileMode = Literal["none", "default", "max-autotune", "reduce-overhead"]
 CUDA_GRAPH_MODES = ("reduce-overhead",)
-
-
-class VariantSkipped(PtqflowError):
-    """The variant cannot run on this machine (the message says why); it is reported as skipped, not failed."""
 
 
 def _always(options: Any, device: torch.device) -> str | None:
@@ -138,12 +135,17 @@ def quantize_variant(variant: str, raw: Any, src_dir: str | Path, out_dir: str |
     if calibrates and calibration is None and not reason:
         raise PtqflowError(f"variants.{variant}: scheme {scheme.name} calibrates on validation rows; give it the prepared data")
     with atomic_dir(out_dir) as tmp:
-        if reason:
-            info = {"skipped": reason}
-        elif calibrates:
-            info = scheme.quantize(src_dir, tmp, options, calibration())
-        else:
-            info = scheme.quantize(src_dir, tmp, options)
+        try:
+            if reason:
+                info = {"skipped": reason}
+            elif calibrates:
+                info = scheme.quantize(src_dir, tmp, options, calibration())
+            else:
+                info = scheme.quantize(src_dir, tmp, options)
+        except VariantSkipped as exc:  # e.g. an exporter that cannot take this architecture: said, nothing half-written
+            for leftover in tmp.iterdir():
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            info = {"skipped": str(exc)}
         meta = {"variant": variant, "scheme": scheme.name, "options": to_dict(written), **info}
         if options is not written:
             meta["max_drop_used"] = options.max_drop

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..config import check
-from ..errors import PtqflowError
+from ..errors import PtqflowError, VariantSkipped
 from ..structure import expect, of, position_limit, uses_token_types
 
 GRAPH_FILE = "model.onnx"
@@ -140,7 +140,7 @@ def export_onnx(src_dir: Path, out_dir: Path, options: ExportOptions) -> dict:
                                   output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}})
         except Exception as exc:  # noqa: BLE001 - exporters raise many types; one line says which model and why
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise PtqflowError(f"ONNX export ({options.exporter}, opset {options.opset}) of {config.model_type} failed: {first}") from None
+            raise VariantSkipped(f"ONNX export ({options.exporter}, opset {options.opset}) of {config.model_type} failed: {first}") from None
     fused = _fuse(graph) if options.fusions == "transformer" else {}
     _resave(graph)
     parity = parity_check(model, graph, options.parity_tolerance)

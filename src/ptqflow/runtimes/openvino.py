@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PtqflowError
+from ..errors import PtqflowError, VariantSkipped
 from ..structure import uses_token_types
 from .onnx_export import PARITY_ROWS_SEED, PARITY_SHAPE, EXAMPLE_SHAPE, _LogitsOnly, input_names, load_for_export, quiet, sample_inputs
 
@@ -82,7 +82,7 @@ def convert(src_dir: Path, attention: str):
                                          input=[(n, [-1, -1], ov.Type.i64) for n in names])
         except Exception as exc:  # noqa: BLE001 - the frontend raises many types; one line says which model and why
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise PtqflowError(f"OpenVINO conversion of {model.config.model_type} failed: {first}") from None
+            raise VariantSkipped(f"OpenVINO conversion of {model.config.model_type} failed: {first}") from None
     converted.outputs[0].get_tensor().set_names({"logits"})
     return converted, model
 
