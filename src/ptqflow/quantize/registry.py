@@ -51,8 +51,8 @@ class Scheme:
     available: Callable[[Any, torch.device], str | None] = _always  # why it cannot run on a device, or None
     calibrates: bool | Callable[[Any], bool] = False  # quantize() also takes a Calibration (rows of the validation split);
     # a function of the options when only some options need it
-    compiles: bool = True  # False: load() gives no PyTorch graph to compile (an ONNX Runtime session)
-    loader: str = "ptqflow"  # what loads the artifact without ptqflow: transformers, onnxruntime, or only ptqflow
+    compiles: bool = True  # False: load() gives no PyTorch graph to compile (an ONNX Runtime session, an OpenVINO model)
+    loader: str = "ptqflow"  # what loads the artifact without ptqflow: transformers, onnxruntime, openvino, or only ptqflow
 
 
 SCHEMES: dict[str, Scheme] = {}
