@@ -29,7 +29,6 @@ most sensitive ones in `dtype` until the validation drop is within `max_drop` (s
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,8 +212,6 @@ def build_layer(module: nn.Module, stats: dict, options: Int8StaticOptions, devi
 def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibration: Calibration) -> dict:
     """Calibrate (0)-(2) on the validation rows, optionally score every projection and search the budget, write
     the artifact (the quantized projections' codes and scales, everything else in `dtype`)."""
-    from safetensors.torch import save_file
-
     from .. import sensitivity as sens
     from .common import load_finetuned
 
@@ -243,15 +240,8 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
             info["budget"] = {**search, "seconds": round(time.perf_counter() - started, 1)}  # ranking + search
             quantized = [n for n in chosen if n not in search["kept"]]
     macs = sens.macs(model, found.projections)
-    tensors: dict[str, torch.Tensor] = {}
-    for name in quantized:
-        layer = make(name)
-        tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in layer.state_dict().items()})
-        structure.replace_module(model, name, nn.Identity())
+    w8a8.save_artifact(model, {name: make(name).state_dict() for name in quantized}, src_dir, out_dir, options, CODEC)
     dtype = w8a8.rest_dtype(options)
-    tensors.update({k: v.detach().cpu().to(dtype).contiguous() for k, v in model.state_dict().items() if k not in tensors})
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"w8a8_layers": ",".join(quantized)})
-    shutil.copy(src_dir / "config.json", out_dir / "config.json")
     bits = f"int{options.weight_bits} weights x int{options.activation_bits} activations"
     how = "static calibrated per-tensor scales" + (f", SmoothQuant alpha {options.smoothquant}" if options.smoothquant is not None
                                                    else "") + (f", {options.percentile}th percentile ranges" if options.range == "percentile" else "")

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import PtqflowError
 from ..config import check
-from ..runtimes.onnx_export import DATA_FILE, GRAPH_FILE, ExportOptions, export_onnx, quiet
+from ..runtimes.onnx_export import DATA_FILE, GRAPH_FILE, ExportOptions, export_onnx, numpy_feeds, quiet
 from ..structure import expect
 from ..calibration import Calibration
 from .registry import Scheme
@@ -116,7 +116,7 @@ def quantize_static(src_dir: Path, out_dir: Path, options: OrtStaticOptions, cal
         info = export_onnx(src_dir, Path(tmp), options)
         names = info["onnx"]["inputs"]
         batches = calibration.batches(options.calibration_rows, options.calibration_batch_size)
-        feeds = [{n: (b[n] if n in b else torch.zeros_like(b["input_ids"])).numpy() for n in names} for b in batches]
+        feeds = [numpy_feeds(b, names) for b in batches]
         extra = {"MatMulConstBOnly": not options.activation_matmuls, "CalibPercentile": options.percentile,
                  "CalibTensorRangeSymmetric": False}
         # MatMulConstBOnly is not honoured by the QDQ quantizer (ORT 1.31): name the activation products instead

@@ -37,6 +37,7 @@ from .. import structure
 from ..calibration import Calibration
 from ..config import check
 from ..runtimes import openvino as ovrt
+from ..runtimes.onnx_export import numpy_feeds
 from .registry import Scheme
 
 
@@ -129,7 +130,7 @@ def _quantize(src_dir: Path, out_dir: Path, options: OvInt8Options, calibration:
     found = structure.of(torch_model)
     ignored = found.head + tuple(p for p in found.projections if any(re.fullmatch(r, p) for r in options.ignored_scope))
     names = info["openvino"]["inputs"]
-    feeds = [_feeds(b, names) for b in calibration.batches(options.calibration_rows, options.calibration_batch_size)]
+    feeds = [numpy_feeds(b, names) for b in calibration.batches(options.calibration_rows, options.calibration_batch_size)]
     advanced = AdvancedQuantizationParameters(
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1 if options.smooth_quant_alpha is None else options.smooth_quant_alpha))
     common = dict(preset=nncf.QuantizationPreset.PERFORMANCE if options.preset == "performance" else nncf.QuantizationPreset.MIXED,
@@ -144,7 +145,7 @@ def _quantize(src_dir: Path, out_dir: Path, options: OvInt8Options, calibration:
             items, at = [], 0
             for b in batches:
                 n = len(b["input_ids"])
-                items.append((_feeds(b, names), labels[at : at + n].numpy()))
+                items.append((numpy_feeds(b, names), labels[at : at + n].numpy()))
                 at += n
             from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
@@ -177,10 +178,6 @@ def _quantize(src_dir: Path, out_dir: Path, options: OvInt8Options, calibration:
         info["accuracy_control"] = {"max_drop": options.max_drop, "validation_rows": int(sum(len(i[1]) for i in items)),
                                     "reverted_to_float": [p for p in kept if p not in ignored]}
     return info
-
-
-def _feeds(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, np.ndarray]:
-    return {n: (batch[n] if n in batch else torch.zeros_like(batch["input_ids"])).numpy() for n in names}
 
 
 def _validate(compiled, items) -> float:

@@ -1,7 +1,7 @@
 """What the W8A8 schemes share (fp8.py: float8 e4m3 through `torch._scaled_mm`; int8_static.py: int8 through a
 Triton kernel or torch._int_mm): the calibration statistics of projection inputs over real tokens
-(`input_stats`), and loading the artifact; fp8 also writes it with `quantize` here (int8_static has its own, for
-its smoothing, ranges, sensitivity and budget). A scheme supplies a `Codec`: how it encodes a weight and which
+(`input_stats`), writing (`save_artifact`) and loading the artifact; fp8 quantizes with `quantize` here
+(int8_static has its own, for its smoothing, ranges, sensitivity and budget). A scheme supplies a `Codec`: how it encodes a weight and which
 layer runs the product.
 
     static activation scale of a projection, per tensor, on the calibration rows (validation split, pads excluded):
@@ -113,18 +113,14 @@ def quantize(src_dir: Path, out_dir: Path, options: Any, calibration: Calibratio
         batches = calibration.batches(options.calibration_rows, options.calibration_batch_size)
         ranges = input_absmax(model.to(device), chosen, batches, device)
         model.to("cpu")
-    tensors: dict[str, torch.Tensor] = {}
+    layers = {}
     for name in chosen:
         module = model.get_submodule(name)
         w = module.weight.detach().float()
-        tensors.update({f"{name}.{k}": v.contiguous() for k, v in codec.encode(w, options).items()})
-        tensors[f"{name}.input_scale"] = torch.tensor(max(ranges.get(name, 0.0), 1e-12) / codec.qmax, dtype=torch.float32)
         bias = module.bias if module.bias is not None else torch.zeros(w.shape[0])
-        tensors[f"{name}.bias"] = bias.detach().to(rest_dtype(options)).contiguous()
-        structure.replace_module(model, name, nn.Identity())
-    tensors.update({k: v.detach().to(rest_dtype(options)).contiguous() for k, v in model.state_dict().items() if k not in tensors})
-    save_file(tensors, str(out_dir / codec.weights_file), metadata={"w8a8_layers": ",".join(chosen)})
-    shutil.copy(src_dir / "config.json", out_dir / "config.json")
+        layers[name] = {**codec.encode(w, options), "bias": bias.detach().to(rest_dtype(options)),
+                        "input_scale": torch.tensor(max(ranges.get(name, 0.0), 1e-12) / codec.qmax, dtype=torch.float32)}
+    save_artifact(model, layers, src_dir, out_dir, options, codec)
     scales = "static calibrated" if is_static(options) else "dynamic per-row"
     rest = str(rest_dtype(options)).replace("torch.", "")
     return {
@@ -139,6 +135,20 @@ def quantize(src_dir: Path, out_dir: Path, options: Any, calibration: Calibratio
                         if is_static(options) else None),
         "n_parameters": n_parameters,
     }
+
+
+def save_artifact(model: nn.Module, layers: dict[str, dict[str, torch.Tensor]], src_dir: Path, out_dir: Path, options: Any,
+                  codec: Codec) -> None:
+    """Write `out_dir`: the quantized projections' tensors (`layers`: name -> its tensors), every other tensor of
+    `model` in `rest_dtype`, the projections' names in the file's metadata (what `load` rebuilds), the config."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, state in layers.items():
+        tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
+        structure.replace_module(model, name, nn.Identity())
+    dtype = rest_dtype(options)
+    tensors.update({k: v.detach().cpu().to(dtype).contiguous() for k, v in model.state_dict().items() if k not in tensors})
+    save_file(tensors, str(out_dir / codec.weights_file), metadata={"w8a8_layers": ",".join(layers)})
+    shutil.copy(src_dir / "config.json", out_dir / "config.json")
 
 
 def load(artifact_dir: Path, options: Any, device: torch.device, codec: Codec) -> nn.Module:

@@ -68,6 +68,15 @@ def input_names(config) -> list[str]:
     return ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types(config) else [])
 
 
+def numpy_feeds(batch: dict[str, torch.Tensor], names: list[str]) -> dict[str, np.ndarray]:
+    """The exported graph's inputs `names` from a batch, as int64 numpy arrays: a missing attention mask is all
+    ones and missing token types are zeros (the signature every exported runtime runs with)."""
+    ids = batch["input_ids"]
+    defaults = {"attention_mask": torch.ones_like, "token_type_ids": torch.zeros_like}
+    return {n: (batch[n] if batch.get(n) is not None else defaults[n](ids)).detach().cpu().numpy().astype(np.int64, copy=False)
+            for n in names}
+
+
 def sample_inputs(config, shape: tuple[int, int], seed: int) -> dict[str, torch.Tensor]:
     """Seeded token ids of `shape`; every other row right-padded to half length (the mask says so)."""
     batch, length = shape

@@ -30,7 +30,8 @@ import torch
 
 from ..errors import PtqflowError, VariantSkipped
 from ..structure import uses_token_types
-from .onnx_export import PARITY_ROWS_SEED, PARITY_SHAPE, EXAMPLE_SHAPE, _LogitsOnly, input_names, load_for_export, quiet, sample_inputs
+from .onnx_export import (EXAMPLE_SHAPE, PARITY_ROWS_SEED, PARITY_SHAPE, _LogitsOnly, input_names, load_for_export, numpy_feeds,
+                          quiet, sample_inputs)
 
 XML_FILE, BIN_FILE = "model.xml", "model.bin"
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}
@@ -202,8 +203,6 @@ class OvClassifier(torch.nn.Module):
                 token_type_ids: torch.Tensor | None = None, **_: object):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        given = {"input_ids": input_ids, "attention_mask": attention_mask if attention_mask is not None else torch.ones_like(input_ids),
-                 "token_type_ids": token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)}
-        feeds = {n: given[n].detach().cpu().numpy().astype(np.int64, copy=False) for n in self.inputs}
-        logits = self.request.infer(feeds)[0]
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        logits = self.request.infer(numpy_feeds(batch, self.inputs))[0]
         return SequenceClassifierOutput(logits=torch.from_numpy(np.array(logits, copy=True)))

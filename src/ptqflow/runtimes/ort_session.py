@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .onnx_export import numpy_feeds
+
 LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -70,10 +72,8 @@ class OrtClassifier(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **_: object) -> SequenceClassifierOutput:
-        given = {"input_ids": input_ids, "attention_mask": attention_mask if attention_mask is not None else torch.ones_like(input_ids),
-                 "token_type_ids": token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)}
-        feeds = {n: given[n].detach().cpu().numpy().astype(np.int64, copy=False) for n in self.inputs}
-        logits = self.session.run(["logits"], feeds)[0]
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        logits = self.session.run(["logits"], numpy_feeds(batch, self.inputs))[0]
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         return SequenceClassifierOutput(logits=torch.from_numpy(logits).to(self.anchor.device))
