@@ -7,7 +7,7 @@ PYTEST_ARGS ?= -n 2 --dist loadscope  # pytest-xdist: two workers (the machines 
 export PATH := $(BIN):$(PATH)
 export PTQFLOW_MIRROR := $(abspath $(MIRROR))
 
-.PHONY: run test setup repro table gpt2 paper help
+.PHONY: run test setup repro table params default all hurts gpu reference gpt2 paper help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,6 +28,21 @@ table:  ## print the comparison table from metrics/comparison.json
 	@$(BIN)/ptqflow table
 
 run: repro table  ## set up, fetch the inputs, run the pipeline, print the comparison table
+
+params: setup  ## write params.yaml again from conf/ (the default variant set), after editing conf/
+	$(BIN)/python -c "from ptqflow.variant_sets import write_params; write_params('params.yaml')"
+
+# Named variant sets (conf/variants/<set>.yaml), each a DVC experiment in the workspace: `dvc exp show` and
+# `dvc metrics diff` compare them; params.yaml holds the set afterwards (`make default` goes back).
+default all hurts gpu reference: setup
+	$(BIN)/dvc exp run -n $@-$$(date +%m%d-%H%M%S) -S variants=$@
+	@$(BIN)/ptqflow table
+
+default:  ## the focused default set as an experiment (what params.yaml holds when committed)
+all:  ## every variant (30+; about 3x the default's time)
+hurts:  ## when quantization hurts: 4-bit activations, recovery, budgeted searches, sensitivity
+gpu:  ## what a CUDA machine should run (fp16, bitsandbytes, fp8 / int8 static, int4, ORT fp16)
+reference:  ## the reference report's study: fp32 and its three quantized variants
 
 # The reference study as it ran offline before the pretrained default: GPT-2 (2 layers, 128 wide) built from the
 # GPT-2 config with fresh weights, lr 1e-3, batch 32, 2 epochs, float32 training in random order; all variants.

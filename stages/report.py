@@ -29,7 +29,7 @@ def main() -> None:
     with stage_run("report", not args.no_tracking) as run:
         run.log_params({"report": to_dict(report), "variants": ",".join(variants)})
         rows = build_report(variants, args.details_dir, args.predictions_dir, args.benchmark, report, args.out, args.figures,
-                            args.comparison, args.metrics_dir, args.pareto)
+                            args.comparison, args.metrics_dir, args.pareto, params.get("variant_set"))
         run.log_metrics({r["variant"]: metrics_record(r, report.size_unit) for r in rows})
         for path in (args.out, args.comparison, args.benchmark, args.pareto, *sorted(Path(args.figures).glob("*.png"))):
             run.log_artifact(path)

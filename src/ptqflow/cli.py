@@ -107,6 +107,9 @@ def _table(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise PtqflowError(f"{path}: missing (run `make run` or `dvc repro report`)")
     comparison = read_json(path)
+    measured = comparison.get("measured") or {}
+    print(f"variant set: {comparison.get('variant_set') or 'not named'}; measured {measured.get('date') or '(date not recorded)'} "
+          f"on {measured.get('device') or comparison.get('device')}")
     print(format_table(list(comparison["variants"].values()), report.size_unit, comparison["baseline"]))
     print(f"speed: interleaved benchmark on {comparison.get('device')}, batch {comparison.get('batch_size')}")
     for name, why in comparison.get("skipped", {}).items():

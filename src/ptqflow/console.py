@@ -21,6 +21,10 @@ Dropped (each is a library telling about an optional part it can do without; non
   set in the config but it is unrecognized. Using the default loss: `ForCausalLMLoss`": the `loss_function`
   property read during tracing; no loss is computed there (the classifier's own loss is used in training).
   Once per exported variant (seven lines in a default `make run`).
+- torch, when int8_dynamic / int8_static pack their int8 weights for fbgemm: "torch.quantize_per_tensor,
+  torch.quantize_per_channel and other quantized tensor creation functions ... are deprecated": the packed
+  weight is built from a per-channel quantized tensor, the only input fbgemm's prepack takes in torch 2.13; the
+  deprecation asks nothing of a user (a Python warning, once per process).
 - transformers' per-file progress bars ("Loading weights", "Writing model shards"): a bar per small file,
   not a step a user waits on. Our own long steps (training, evaluation, the benchmark) keep theirs.
 
@@ -45,6 +49,7 @@ KNOWN_NOISE: dict[str, tuple[str, ...]] = {  # logger name -> substrings of the 
 KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (  # (message regex, module regex) of Python warnings dropped
     ("The specified dataset source can be interpreted in multiple ways", r"mlflow\."),
     (r".*Add type hints to the `predict` method", r"mlflow\."),  # the message starts with a colour code
+    (r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation", r"ptqflow\.quantize\."),
 )
 
 

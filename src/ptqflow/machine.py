@@ -51,13 +51,44 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     return {"model": model, "flags": flags}
 
 
+# Kernels whose speed depends on the CPU's instruction set: the flags that give each a fast path. Without one of
+# them the kernel still runs, correctly, but many times slower than float32 (a variant using it is skipped, said so).
+FAST_PATHS = {
+    "bfloat16": ("avx512_bf16", "amx_bf16"),  # bf16 arithmetic; else PyTorch emulates it through float32
+    "float16": ("avx512_fp16", "amx_fp16"),  # fp16 arithmetic; else emulated, 10x+ slower than float32
+    # torch._int_mm on a CPU: oneDNN's int8 GEMM with VNNI dot products (or AMX tiles). Measured on an AVX2-only AMD
+    # EPYC (Zen 3) on 2026-12-01: ~50x slower than a float32 matmul of the same shape (1,351 ms vs 26 ms).
+    "torch._int_mm": ("avx512_vnni", "amx_int8"),
+}
+
+
+def fast_path(kernel: str, flags: list[str] | None = None) -> bool:
+    """Whether this CPU (or `flags`) has a fast path for `kernel` (a key of FAST_PATHS)."""
+    flags = cpu_info()["flags"] if flags is None else flags
+    return any(f in flags for f in FAST_PATHS[kernel])
+
+
+def no_fast_path(kernel: str, flags: list[str] | None = None) -> str | None:
+    """Why `kernel` would crawl on this CPU (one line naming the CPU and the flags it lacks), or None."""
+    if fast_path(kernel, flags):
+        return None
+    return f"{kernel} has no fast path on this CPU ({cpu_info()['model']}: no {' / '.join(FAST_PATHS[kernel])} in its flags)"
+
+
 def native_half(dtype: str, flags: list[str] | None = None) -> bool:
     """Whether this CPU does `dtype` ("bfloat16" / "float16") arithmetic in hardware, from its flags:
     bf16 with avx512_bf16 or amx_bf16, fp16 with avx512_fp16 or amx_fp16. Without them PyTorch emulates the type
     (correct, but float16 is then many times slower than float32)."""
+    return fast_path(dtype, flags)
+
+
+def exact_int8_products(flags: list[str] | None = None) -> bool:
+    """Whether fbgemm's / oneDNN's / MLAS's u8 x s8 int8 GEMMs accumulate exactly in int32 on this CPU: with VNNI
+    (vpdpbusd) or AMX, yes. AVX2-only CPUs multiply u8 x s8 pairs with vpmaddubsw, whose int16 sum of two products
+    saturates (|sum| up to 2 * 255 * 127 > 32,767), so an int8 product can differ from its formula there; tests
+    bound the error by the saturation's worst case on such CPUs instead of the exact formula."""
     flags = cpu_info()["flags"] if flags is None else flags
-    wanted = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}[dtype]
-    return any(f in flags for f in wanted)
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def device_name(device: torch.device) -> str:

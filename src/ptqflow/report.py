@@ -291,6 +291,7 @@ def per_class_table(m: dict) -> str:
 def render_markdown(
     details: dict[str, dict], rows: list[dict], params: ReportParams, figures: list[str], bench: dict,
     rec: dict | None = None, skipped: dict[str, str] | None = None, sensitivity_figures: dict[str, str] | None = None,
+    variant_set: str | None = None,
 ) -> str:
     base = details[params.baseline]
     env, proto = bench["environment"], bench["protocol"]
@@ -300,8 +301,9 @@ def render_markdown(
                  if params.half_baseline == "auto" else f"`{half}`") if half else "none (no half-precision variant timed)"
     alone = [n for n, r in bench["variants"].items() if r.get("timed", "").startswith("alone")]
     out = [
-        "# Post-training quantization report",
+        "# Post-training quantization report" + (f" (variant set: {variant_set})" if variant_set else ""),
         "",
+        f"Measured {bench.get('date') or '(date not recorded)'}.",
         f"Test rows: {base['test_rows']}. Device: {env['device_name']}; torch {env['torch']}, transformers "
         f"{env['transformers']}, bitsandbytes {env['bitsandbytes']}, onnxruntime {env.get('onnxruntime')}, openvino "
         f"{env.get('openvino')}, nncf {env.get('nncf')}. Benchmark date: {bench['date']}.",
@@ -519,6 +521,7 @@ def build_report(
     comparison_path: str | Path,
     metrics_dir: str | Path,
     pareto_path: str | Path,
+    variant_set: str | None = None,
 ) -> list[dict]:
     """Write the markdown report, the figures, metrics/comparison.json, metrics/eval/ and plots/pareto.csv."""
     details, skipped = split_skipped(collect(variants, details_dir))
@@ -541,6 +544,9 @@ def build_report(
                                  "family_size": sum(1 for r in rows if r["variant"] != params.baseline),
                                  "rule": multiplicity_rule(params, rows)},
         "device": bench["environment"]["device_name"],
+        "measured": {"date": bench.get("date"), "device": bench["environment"]["device_name"],
+                     "versions": {k: bench["environment"].get(k) for k in ("torch", "transformers", "onnxruntime", "openvino")}},
+        "variant_set": variant_set,
         "variants": {r["variant"]: r for r in rows},
         "recommendation": rec,
         "skipped": skipped,
@@ -565,7 +571,7 @@ def build_report(
                         f"{name}: one projection quantized at a time (validation rows)")
     links = [os.path.relpath(Path(figures_dir) / n, Path(report_path).parent) for n in names]
     sens_links = {n: os.path.relpath(Path(figures_dir) / f"sensitivity_{n}.png", Path(report_path).parent) for n in scored}
-    write_text(report_path, render_markdown(details, rows, params, links, bench, rec, skipped, sens_links))
+    write_text(report_path, render_markdown(details, rows, params, links, bench, rec, skipped, sens_links, variant_set))
     return rows
 
 

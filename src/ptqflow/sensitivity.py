@@ -97,6 +97,14 @@ def per_projection(model: nn.Module, names: list[str], quantized: Callable[[str]
     return out
 
 
+def step(search: str, message: str) -> None:
+    """One console line per step of a long search (each candidate tried, its drop and bound), so that nothing runs
+    for minutes without showing where it is."""
+    import sys
+
+    print(f"{search}: {message}", file=sys.stderr, flush=True)
+
+
 def drop_upper_bound(base_right: np.ndarray, right: np.ndarray, confidence: float, resamples: int = 2000, seed: int = 0) -> float:
     """The `confidence` percentile of the paired bootstrap distribution of mean(base_right - right) (module docstring)."""
     diff = base_right.astype(np.float64) - right.astype(np.float64)
@@ -107,7 +115,7 @@ def drop_upper_bound(base_right: np.ndarray, right: np.ndarray, confidence: floa
 
 def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str], nn.Module],
                   batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float,
-                  confidence: float = 0.95) -> dict:
+                  confidence: float = 0.95, label: str = "budget search") -> dict:
     """The smallest k such that keeping the k most sensitive projections (`ranked`, most sensitive first) in float
     and quantizing the rest drops validation accuracy by at most `max_drop`, judged by the upper `confidence`
     bound of the drop (module docstring). Returns k, the kept names, the drop and every (k, drop, bound) measured."""
@@ -123,6 +131,8 @@ def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str]
             finally:
                 swap(model, original)
             tried[k] = (float(base_right.mean() - right.mean()), drop_upper_bound(base_right, right, confidence))
+            step(label, f"{k} of {len(ranked)} kept -> validation drop {100 * tried[k][0]:+.2f} points, bound "
+                        f"{100 * tried[k][1]:.2f} {'<=' if tried[k][1] <= max_drop else '>'} {100 * max_drop:.2f} (candidate {len(tried)})")
         return tried[k][1] <= max_drop
 
     n, lo, k = len(ranked), -1, 0  # invariant once found: fits(k), and not fits(lo)
@@ -141,7 +151,7 @@ def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str]
 
 
 def smallest_fitting(candidates: list[str], right: Callable[[str], np.ndarray], base_right: np.ndarray, max_drop: float,
-                     confidence: float = 0.95) -> dict:
+                     confidence: float = 0.95, label: str = "size search") -> dict:
     """The first of `candidates` (ordered smallest model first) whose validation drop fits, judged like
     budget_search: right(c)[i] = 1 when row i is right under candidate c, base_right likewise under the float
     model, fits when the upper `confidence` bound of mean(base_right - right(c)) is <= max_drop. Stops at the
@@ -151,6 +161,8 @@ def smallest_fitting(candidates: list[str], right: Callable[[str], np.ndarray], 
         r = right(candidate)
         tried.append({"candidate": candidate, "drop": float(base_right.mean() - r.mean()),
                       "bound": drop_upper_bound(base_right, r, confidence)})
+        step(label, f"{candidate}: validation drop {100 * tried[-1]['drop']:+.2f} points, bound {100 * tried[-1]['bound']:.2f} "
+                    f"{'<=' if tried[-1]['bound'] <= max_drop else '>'} {100 * max_drop:.2f}")
         if tried[-1]["bound"] <= max_drop:
             break
     chosen = tried[-1]["candidate"] if tried and tried[-1]["bound"] <= max_drop else None

@@ -39,6 +39,9 @@ EXECUTION_TAG = "ptqflow.execution"
 PARENT_SECTIONS = ("data", "model", "train", "eval", "benchmark", "report", "package")
 SPOOL = ".ptqflow/mlflow-spool"  # under the project root: finished runs waiting to be written
 FLUSH_DELAY_S = float(os.environ.get("PTQFLOW_FLUSH_DELAY_S", "20"))  # a spooled run is in MLflow within about this long
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI traces overview; this tag makes it open on the
+# runs table (the parent runs and their stage runs), as for classic model development
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 FLUSH_NOW = ("report", "package")  # the last stages: everything spooled is written when they end
 
 
@@ -275,7 +278,10 @@ def _store(uri: str):
     mlflow.set_tracking_uri(uri)
     with FileLock(_lock_path(uri), timeout=600):
         client = mlflow.tracking.MlflowClient(uri)  # (opening a new SQLite store creates its tables: inside the lock)
-        yield mlflow, client, mlflow.set_experiment(EXPERIMENT).experiment_id
+        experiment = mlflow.set_experiment(EXPERIMENT)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # `mlflow ui` opens on the runs table
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        yield mlflow, client, experiment.experiment_id
 
 
 def _write_record(mlflow, client, experiment_id: str, record: dict, run: _Run | None = None) -> None:
@@ -302,8 +308,10 @@ def _write_record(mlflow, client, experiment_id: str, record: dict, run: _Run | 
     client.set_tag(run_id, "started_ms", str(record["started_ms"]))
     for path, folder in (run.parent_artifacts if run else []):
         (client.log_artifacts if Path(path).is_dir() else client.log_artifact)(parent, path, folder)
-    if record["status"] == "FAILED":
-        client.set_terminated(parent, status="FAILED")
+    if record["status"] in ("FAILED", "KILLED"):  # the execution stopped here: not left "running" in the UI
+        client.set_terminated(parent, status=record["status"])
+    elif client.get_run(parent).info.status in ("FAILED", "KILLED") and record["name"] not in ("report", "package"):
+        client.update_run(parent, status="RUNNING")  # resumed by the next `dvc repro`
     elif record["name"] in ("report", "package"):  # the last stages: the execution is complete (a later re-run adds to it)
         client.set_terminated(parent, status="FINISHED")
 
@@ -337,6 +345,27 @@ def _write(name: str, run: _Run, status: str, started_ms: int) -> None:
 
 
 @contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a kill, or DVC stopping its stage) raises KeyboardInterrupt like Ctrl-C, so the
+    stage's run and its parent end as KILLED instead of staying "running" (main thread only; else a no-op)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def stage_run(name: str, enabled: bool = True) -> Iterator[_Run]:
     """Collect a stage's params, metrics, tags and artifacts; on exit write them as MLflow run `name`, a child
     of this execution's parent run in experiment `ptqflow` (status FAILED if the stage raised). Nothing is
@@ -346,12 +375,14 @@ def stage_run(name: str, enabled: bool = True) -> Iterator[_Run]:
     run = _Run()
     started = int(time.time() * 1000)
     try:
-        yield run
+        with _sigterm_as_interrupt():
+            yield run
     except BaseException as exc:
         if tracking_enabled(enabled):
-            run.set_tags({"error": f"{type(exc).__name__}: {exc}"[:500]})
+            stopped = isinstance(exc, KeyboardInterrupt)  # Ctrl-C, or a kill (SIGTERM) of the stage
+            run.set_tags({"error": "stopped (Ctrl-C or kill)" if stopped else f"{type(exc).__name__}: {exc}"[:500]})
             run.after.clear()
-            _write(name, run, "FAILED", started)
+            _write(name, run, "KILLED" if stopped else "FAILED", started)
         raise
     if tracking_enabled(enabled):
         run.metrics.setdefault("stage_wall_time_s", round(time.time() - started / 1000, 3))

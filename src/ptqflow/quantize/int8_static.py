@@ -14,9 +14,13 @@ y = x W^T + b (W: [N, K]) becomes, with Q_w = 2^(weight_bits-1) - 1 and Q_x = 2^
 
 x' W'^T = x W^T exactly, so (0) only moves range from the activations (where one outlier channel stretches s_x
 for every channel) into the weights (which have a scale per output channel). (3) runs in one kernel
-(`kernel: triton`, CUDA, int8_gemm.py: exact int32 accumulation, scale, bias and cast in the epilogue) or as
-`torch._int_mm` then a float rescale (`kernel: int_mm`: on a CPU this is oneDNN's int8 GEMM, VNNI / AMX where the
-CPU has them). `kernel: auto` = triton on CUDA, int_mm on a CPU. Within the calibrated range
+(`kernel: triton`, CUDA, int8_gemm.py: exact int32 accumulation, scale, bias and cast in the epilogue), in fbgemm's
+static u8 x s8 GEMM with a float32 output (`kernel: fbgemm`, CPU: the activation codes of (2) offset by a zero point
+of 128, the offset taken out with the weights' row sums, fast on every x86 CPU: AVX2, AVX-512 VNNI, AMX) or as
+`torch._int_mm` then a float rescale (`kernel: int_mm`: oneDNN's int8 GEMM, fast only with VNNI / AMX; on a CPU
+without them the variant is skipped, machine.FAST_PATHS). `kernel: auto` = triton on CUDA, fbgemm on a CPU.
+fbgemm on a CPU without VNNI sums u8 x s8 pairs in int16 (vpmaddubsw), which can saturate: (3) then holds up to
+that saturation (machine.exact_int8_products). Within the calibrated range
 |x' - s_x xq| <= s_x / 2 and |W' - s_w Wq| <= s_w / 2 elementwise; activations beyond it saturate at +-Q_x s_x.
 The calibrated ranges, largest first, are recorded as `input_absmax`: where the outlier dimensions are.
 Everything else (layer norms, attention, the head) runs in `dtype` (bfloat16, or float32 to see the int8
@@ -51,7 +55,7 @@ INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows
 @dataclass
 class Int8StaticOptions(w8a8.CalibratedOptions):
     activations: Literal["static"] = "static"  # per-tensor scales calibrated once (int8_dynamic: per token at run time)
-    kernel: Literal["auto", "triton", "int_mm"] = "auto"  # auto: triton on CUDA, int_mm on a CPU
+    kernel: Literal["auto", "triton", "fbgemm", "int_mm"] = "auto"  # auto: triton on CUDA, fbgemm on a CPU
     dtype: Literal["bfloat16", "float32"] = "bfloat16"  # everything that is not an int8 product
     activation_bits: int = 8  # Q_x = 2^(bits-1) - 1 codes each side (formula (2)); fewer bits, same int8 GEMM
     weight_bits: int = 8  # Q_w likewise (formula (1))
@@ -85,13 +89,21 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
 def resolved_kernel(options: Int8StaticOptions, device: torch.device) -> str:
     if options.kernel != "auto":
         return options.kernel
-    return "triton" if device.type == "cuda" else "int_mm"
+    return "triton" if device.type == "cuda" else "fbgemm"
 
 
 def available(options: Int8StaticOptions, device: torch.device) -> str | None:
     kernel = resolved_kernel(options, device)
     if device.type != "cuda" and kernel == "triton":
-        return "int8 static W8A8 with kernel: triton runs its int8 GEMM on a CUDA GPU; this machine has none (kernel: int_mm runs on a CPU)"
+        return "int8 static W8A8 with kernel: triton runs its int8 GEMM on a CUDA GPU; this machine has none (kernel: fbgemm runs on a CPU)"
+    if device.type == "cuda" and kernel == "fbgemm":
+        return "kernel: fbgemm is PyTorch's CPU int8 GEMM; on CUDA use kernel: triton or int_mm"
+    if device.type == "cpu" and kernel == "int_mm":
+        from ..machine import no_fast_path
+
+        slow = no_fast_path("torch._int_mm")
+        if slow:
+            return f"{slow}: about 50x slower than float32 there; kernel: fbgemm (the CPU default) is fast on every x86 CPU"
     if kernel == "triton":
         from ..runtimes.int8_gemm import missing
 
@@ -117,11 +129,30 @@ class Int8StaticLinear(nn.Module):
         self.smooth = options.smoothquant is not None
         if self.smooth:  # 1 / s of formula (0), per input channel
             self.register_buffer("input_smooth", torch.ones(in_features, dtype=torch.float32))
+        self._packed = None  # fbgemm: the packed weights and bias, and s_x, made at the first call
+
+    def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
+        """Formulas (2)-(3) in fbgemm: x' is given as s_x xq with xq of (2) (so the op's own rounding, a multiply by
+        1 / s_x, finds exactly those codes), quantized with s_x and zero point 128 inside the op, u8 x s8 -> int32,
+        s_x s_w[j] and the bias applied, float32 out."""
+        if self._packed is None:
+            zero = torch.zeros(self.out_features, dtype=torch.long)
+            qweight = torch._make_per_channel_quantized_tensor(self.weight_int8, self.weight_scale.double(), zero, 0)
+            self._packed = (torch.ops.quantized.linear_prepack(qweight, self.bias.float()), float(self.input_scale))
+        packed, s_x = self._packed
+        codes = torch.round(x2 / s_x).clamp_(-self.qmax, self.qmax).mul_(s_x)  # formula (2), times s_x
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(codes, s_x, 128, packed)
+
+    def extra_memory_bytes(self) -> int:
+        """fbgemm's packed copy of the weights, held beside the int8 buffers (packed at the first call)."""
+        return self.weight_int8.numel() if self.kernel == "fbgemm" else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         x2 = x2.float() * self.input_smooth if self.smooth else x2.float()  # formula (0)
+        if self.kernel == "fbgemm":
+            return self._fbgemm(x2).to(self.out_dtype).reshape(*lead, self.out_features).to(x.dtype)
         xq = torch.round(x2 / self.input_scale).clamp(-self.qmax, self.qmax).to(torch.int8)  # formula (2)
         if self.kernel == "triton":
             from ..runtimes.int8_gemm import int8_gemm_rescale
@@ -149,6 +180,8 @@ def _kernel(options: Int8StaticOptions, device: torch.device | None = None) -> s
     device = device or runtime_device()
     if resolved_kernel(options, device) == "triton":
         return "Triton int8 GEMM, rescale + bias fused"
+    if resolved_kernel(options, device) == "fbgemm":
+        return "fbgemm static u8 x s8 int8 GEMM, rescale + bias in its float32 output"
     return "torch._int_mm + float rescale" + (" (oneDNN int8 GEMM on the CPU)" if device.type == "cpu" else "")
 
 
@@ -271,5 +304,5 @@ def load(artifact_dir: Path, options: Int8StaticOptions, device: torch.device) -
 
 SCHEME = Scheme("int8_static", Int8StaticOptions, quantize, load,
                 "W8A8 int8 with calibrated per-tensor activation scales; int8 GEMM (Triton with the rescale fused on CUDA, "
-                "torch._int_mm on a CPU)",
+                "fbgemm on a CPU)",
                 available=available, calibrates=True)
