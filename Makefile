@@ -7,10 +7,10 @@ PYTEST_ARGS ?= -n 2 --dist loadscope  # pytest-xdist: two workers (the machines 
 export PATH := $(BIN):$(PATH)
 export PTQFLOW_MIRROR := $(abspath $(MIRROR))
 
-.PHONY: run test setup repro table params default all hurts gpu reference gpt2 paper help
+.PHONY: run test setup repro table docs docs-serve params default all hurts gpu reference lowbit gpt2 paper help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ params: setup  ## write params.yaml again from conf/ (the default variant set), 
 
 # Named variant sets (conf/variants/<set>.yaml), each a DVC experiment in the workspace: `dvc exp show` and
 # `dvc metrics diff` compare them; params.yaml holds the set afterwards (`make default` goes back).
-default all hurts gpu reference: setup
+default all hurts gpu reference lowbit: setup
 	$(BIN)/dvc exp run -n $@-$$(date +%m%d-%H%M%S) -S variants=$@
 	@$(BIN)/ptqflow table
 
@@ -43,6 +43,7 @@ all:  ## every variant (30+; about 3x the default's time)
 hurts:  ## when quantization hurts: 4-bit activations, recovery, budgeted searches, sensitivity
 gpu:  ## what a CUDA machine should run (fp16, bitsandbytes, fp8 / int8 static, int4, ORT fp16)
 reference:  ## the reference report's study: fp32 and its three quantized variants
+lowbit:  ## calibrated low-bit weights: bits vs accuracy for RTN / GPTQ / AWQ, NNCF int4, ORT MatMulNBits, the size search
 
 # The reference study as it ran offline before the pretrained default: GPT-2 (2 layers, 128 wide) built from the
 # GPT-2 config with fresh weights, lr 1e-3, batch 32, 2 epochs, float32 training in random order; all variants.
@@ -65,6 +66,17 @@ paper: setup  ## the report's configuration (needs the Hub and a GPU); fails fas
 	$(BIN)/ptqflow assets --model gpt2=models/base/gpt2-pretrained
 	$(BIN)/dvc exp run -n paper $(PAPER_PARAMS)
 
-test: setup  ## lint the GitHub workflow, run the test suite
+# MkDocs 1.6 and Material print a banner about their successors on every build: not a problem of this site
+export NO_MKDOCS_2_WARNING := 1
+export DISABLE_MKDOCS_2_WARNING := true
+
+docs: setup  ## build the documentation site into build/site (strict: a broken link or a warning fails)
+	$(BIN)/mkdocs build --strict --quiet
+
+docs-serve: setup  ## serve the documentation site on http://127.0.0.1:8000 while editing
+	$(BIN)/mkdocs serve
+
+test: setup  ## lint the GitHub workflow, build the docs strictly, run the test suite
 	$(BIN)/actionlint .github/workflows/*.yml
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

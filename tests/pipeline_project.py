@@ -19,16 +19,27 @@ import yaml
 from .conftest import ROOT
 
 
-def _cpu_skips() -> list[str]:
-    """What this CPU cannot run of the e2e variants: CUDA-only int4_wo_ao, and fp16 where float16 is emulated."""
-    from ptqflow.machine import native_half
+def definitions() -> dict:
+    """Every variant's definition (the `all` set, composed from conf/ as `dvc exp run -S variants=all` would)."""
+    from ptqflow.variant_sets import compose
 
-    return ["int4_wo_ao", *([] if native_half("float16") else ["fp16"])]
+    return compose("all")["variants"]
 
 
-SKIPPED = _cpu_skips()  # on this CPU their stages run and say why they were not quantized or evaluated
-VARIANTS = [v for v in ["fp32", "fp16", "bf16", "int8_scratch", "int8_bnb", "nf4_bnb", "int8_dynamic", "nf4_bnb_emb4"]
-            if v not in SKIPPED]
+def cpu_skips(names: list[str]) -> list[str]:
+    """Which of `names` this CPU does not run, decided by the stages' own code (registry.unavailable: CUDA-only
+    kernels, half types emulated here, kernels without a fast path here; $PTQFLOW_CPU_FLAGS assumes another CPU)."""
+    import torch
+
+    from ptqflow.quantize import unavailable
+
+    every = definitions()
+    return [v for v in names if unavailable(v, every[v], torch.device("cpu"))]
+
+
+E2E = ["fp32", "bf16", "int8_scratch", "int8_bnb", "int8_dynamic", "nf4_bnb_emb4", "int4_wo_ao"]  # DVC wiring; every scheme runs in-process elsewhere
+SKIPPED = cpu_skips(E2E)  # on this CPU their stages run and say why they were not quantized or evaluated
+VARIANTS = [v for v in E2E if v not in SKIPPED]
 NOISE = ("Failed to load", "is an Enum subclass and is now natively supported", "interpreted in multiple ways",
          "MatMul8bitLt: inputs will be cast", "Add type hints to the `predict`", "recompile_limit")  # console.py drops these; no recompilation storm
 
@@ -51,7 +62,8 @@ def make_project(root: Path, shared: Path, variants: list[str]) -> dict:
     params["train"].update(epochs=1, batch_size=16, eval_batch_size=64)
     params["eval"].update(batch_size=64)
     params["benchmark"].update(batch_sizes=[4], rounds=3, warmup=1, iters=2)
-    params["variants"] = {v: params["variants"][v] for v in variants}
+    every = definitions()
+    params["variants"] = {v: every[v] for v in variants}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PTQFLOW_TRACKING="1", HF_HUB_OFFLINE="1",

@@ -128,11 +128,11 @@ def test_bench_from_config_writes_json_and_markdown(tmp_path, shared):
     import subprocess
     import sys
 
-    from .conftest import GPT2, ROOT
+    from .conftest import GPT2
 
     out = tmp_path / "bench"
     r = subprocess.run(
-        [sys.executable, "-m", "ptqflow", "bench", "--params", str(ROOT / "params.yaml"), "--variants", "fp32,fp16,bf16,int8_scratch",
+        [sys.executable, "-m", "ptqflow", "bench", "--set", "all", "--variants", "fp32,fp16,bf16,int8_scratch",
          "--from-config", str(GPT2), "--override", "n_layer=1", "--override", "n_embd=64", "--override", "n_head=2",
          "--batch-sizes", "1,2", "--seq-len", "16", "--rounds", "3", "--warmup", "1", "--iters", "2", "--device", "cpu",
          "--out", str(out)],
@@ -141,12 +141,13 @@ def test_bench_from_config_writes_json_and_markdown(tmp_path, shared):
     assert r.returncode == 0, r.stderr[-2000:]
     bench = json.loads(out.with_suffix(".json").read_text())
     assert list(bench["variants"]) == ["fp32", "fp16", "bf16", "int8_scratch"]
-    assert bench["half_baseline"] in ("fp16", "bf16") and bench["baseline"] == "fp32"
     from ptqflow.machine import native_half
 
+    native = [v for v, t in (("fp16", "float16"), ("bf16", "bfloat16")) if native_half(t)]
+    assert (bench["half_baseline"] in native if native else bench["half_baseline"] is None) and bench["baseline"] == "fp32"
     for name, rec in bench["variants"].items():
-        if name == "fp16" and not native_half("float16"):  # emulated on this CPU: said, not timed
-            assert "float16 is emulated on this CPU" in rec["skipped"] and "latency" not in rec
+        if name in ("fp16", "bf16") and name not in native:  # emulated on this CPU: said, not timed
+            assert "is emulated on this CPU" in rec["skipped"] and "latency" not in rec
             continue
         assert [lat["batch_size"] for lat in rec["latency"]] == [1, 2]
         for lat in rec["latency"]:  # the fields the pipeline's comparison.json has
@@ -158,7 +159,7 @@ def test_bench_from_config_writes_json_and_markdown(tmp_path, shared):
     assert bench["environment"]["cpu"]["model"] and bench["protocol"]["threads"] >= 1
     table = out.with_suffix(".md").read_text()
     assert "fp16" in table and "vs fp32 [95% CI]" in table and "| fp32 | float32 |" in table
-    bad = subprocess.run([sys.executable, "-m", "ptqflow", "bench", "--params", str(ROOT / "params.yaml"), "--variants", "fp16",
+    bad = subprocess.run([sys.executable, "-m", "ptqflow", "bench", "--set", "all", "--variants", "fp16",
                           "--from-config", str(GPT2), "--out", str(tmp_path / "x")], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "--baseline 'fp32' is not among the timed variants" in bad.stderr
     assert not (tmp_path / "x.json").exists()

@@ -1,11 +1,11 @@
 """MLflow against a real tracking server (`mlflow server`, SQLite backend, 127.0.0.1, a free port): parent and
-child runs per pipeline execution, dataset lineage, the package stage, the registered pyfunc model, and
-`ptqflow predict`. The server is started and stopped by the fixture."""
+child runs per pipeline execution of three queued experiments, dataset lineage, the package stage registering a
+version per experiment. The server is started and stopped by the fixture. (The registered pyfunc model predicting
+like evaluate@, and `ptqflow predict`: test_pipeline.py's shared run.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -77,7 +77,8 @@ class TestQueuedExperiments:  # a class each: pytest-xdist's --dist loadscope ru
         env = make_project(tmp_path, shared, ["fp32", "int8_dynamic"])
         env["MLFLOW_TRACKING_URI"] = server
         params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-        params["package"]["registered_model"] = None
+        params["data"].update(max_train_samples=160, max_test_samples=60)
+        params["package"].update(variant="int8_dynamic", registered_model=MODEL_NAME)
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         run(["git", "add", "-A"], tmp_path, env)
         run(["git", "commit", "-q", "-m", "baseline"], tmp_path, env)
@@ -111,62 +112,7 @@ class TestQueuedExperiments:  # a class each: pytest-xdist's --dist loadscope ru
             assert "report.md" in json.dumps(rest(server, f"artifacts/list?run_id={pid}"))
         per_exp = search(server, "tags.variant = 'int8_dynamic'")
         assert sorted(tags(r)["dvc_experiment"] for r in per_exp) == ["lr1", "lr2", "lr3"]
-
-
-class TestPackage:  # a class each: pytest-xdist's --dist loadscope runs the two in parallel
-    def test_package_registers_a_pyfunc_that_predicts_like_evaluate(self, tmp_path, shared, server):
-        """`dvc repro` with the server: models/recommended/, a registered version loaded without pickles, the same
-        labels as evaluate on 100 test rows; `ptqflow predict` answers on the package; bad input is one line."""
-        env = make_project(tmp_path, shared, ["fp32", "bf16", "ort_int8_dynamic"])
-        env["MLFLOW_TRACKING_URI"] = server
-        params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-        params["data"]["max_test_samples"] = 100
-        params["package"].update(variant="ort_int8_dynamic", registered_model=MODEL_NAME)
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        out = run(["dvc", "repro"], tmp_path, env)
-        assert f"registered {MODEL_NAME} version" in out
-        pkg = tmp_path / "models/recommended"
-        meta = json.loads((pkg / "package.json").read_text())
-        assert meta["variant"] == "ort_int8_dynamic" and meta["loader"] == "onnxruntime"
-        card = (pkg / "README.md").read_text()
-        assert "McNemar p" in card and "[95% CI" in card and "ort_int8_dynamic" in card
-        versions = rest(server, "registered-models/get?name=" + MODEL_NAME)["registered_model"]["latest_versions"]
-        version = versions[-1]
-        vt = {t["key"]: t["value"] for t in version.get("tags", [])}
-        assert vt["variant"] == "ort_int8_dynamic" and vt["source_run"] == version["run_id"]
-
-        from datasets import load_from_disk
-
-        test = load_from_disk(str(tmp_path / "data/prepared"))["test"]
-        expected = [line.split(",")[1] for line in (tmp_path / "plots/predictions/ort_int8_dynamic.csv").read_text().splitlines()[1:]]
-        code = (
-            "import json, sys, mlflow, pandas as pd\n"
-            f"mlflow.set_tracking_uri({server!r})\n"
-            f"m = mlflow.pyfunc.load_model('models:/{MODEL_NAME}/{version['version']}')\n"
-            "texts = json.loads(sys.stdin.read())\n"
-            "print(json.dumps(list(m.predict(pd.DataFrame({'text': texts})))))\n"
-        )
-        loaded = subprocess.run([sys.executable, "-c", code], input=json.dumps(list(test["text"][:100])), capture_output=True,
-                                text=True, env=env, cwd=tmp_path)
-        assert loaded.returncode == 0, loaded.stderr[-3000:]
-        assert json.loads(loaded.stdout.strip().splitlines()[-1]) == expected[:100]
-
-        said = run(["ptqflow", "predict", "--model", str(pkg), test["text"][0]], tmp_path, env)
-        assert said.strip().splitlines()[-1].split("\t")[0] == expected[0]
-        src = tmp_path / "in.csv"
-        src.write_text("id,text\n1,\"" + test["text"][1].replace('"', "'") + "\"\n")
-        run(["ptqflow", "predict", "--model", str(pkg), "--csv", str(src)], tmp_path, env)
-        assert (tmp_path / "in.pred.csv").read_text().splitlines()[1].endswith("," + expected[1])
-
-        for args, message in ((["--csv", str(tmp_path / "empty.csv")], "empty CSV"),
-                              (["--model", str(tmp_path / "nowhere"), "x"], "no packaged model")):
-            if "empty" in str(args):
-                (tmp_path / "empty.csv").write_text("")
-            r = subprocess.run(["ptqflow", "predict", *(args if "--model" in args else ["--model", str(pkg), *args])],
-                               cwd=tmp_path, env=env, capture_output=True, text=True)
-            assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        params["package"]["variant"] = "int9_magic"
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        r = subprocess.run([sys.executable, "stages/package.py", "--no-tracking"], cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert r.returncode == 2 and "package.variant 'int9_magic' is not a variant the report compared" in r.stderr
-        assert (pkg / "package.json").is_file()  # the earlier package is left as it was
+        # the package stage of each registered a version in the server's Model Registry, from its own run
+        versions = rest(server, "registered-models/search-model-versions", {"filter": f"name='{MODEL_NAME}'"})["model_versions"]
+        assert len(versions) == 3 and {v["run_id"] for v in versions} <= {c["info"]["run_id"] for c in search(server, "tags.stage = 'package'")}
+        assert {dict((t["key"], t["value"]) for t in v.get("tags", []))["variant"] for v in versions} == {"int8_dynamic"}

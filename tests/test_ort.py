@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ptqflow.errors import PtqflowError
+from ptqflow.machine import exact_int8_products
 from ptqflow.quantize import load_variant, quantize_variant, resolve, unavailable
 
 from .conftest import GPT2
@@ -42,7 +43,9 @@ def test_every_family_exports_with_parity_and_every_product_quantized(fresh_fami
         with torch.no_grad():
             got = model(**batch).logits
         assert got.shape == want.shape
-        tolerance = 1e-4 if name == "ort_fp32" else 0.05 * float(want.abs().max()) + 1e-3
+        # int8: 5% of the largest logit; where the CPU has no VNNI reduce_range (auto) keeps 7-bit weights (twice the
+        # weight step, so twice the bound): machine.exact_int8_products, the decision the scheme takes
+        tolerance = 1e-4 if name == "ort_fp32" else 0.05 * float(want.abs().max()) * (1 if exact_int8_products() else 2) + 1e-3
         assert float((got - want).abs().max()) <= tolerance, (family, name)
         assert {p.name for p in (root / name).iterdir()} == {"config.json", "model.onnx", "model.onnx.data", "ptqflow.json"}
         if name == "ort_int8_static":

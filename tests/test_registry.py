@@ -109,9 +109,9 @@ def test_variants_says_where_each_default_variant_runs_for_another_cpu(capsys):
     from ptqflow.cli import main
 
     before = machine.cpu_info()
-    main(["variants", "--cpu-flags", "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16"])
+    main(["variants", "--set", "all", "--cpu-flags", "avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16"])
     amx = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    main(["variants", "--cpu-flags", "avx2,fma"])
+    main(["variants", "--set", "all", "--cpu-flags", "avx2,fma"])
     old = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     for name in ("fp16", "bf16", "ov_bf16"):
         assert amx[name].endswith(" runs") and " skipped: " in old[name], name
@@ -119,4 +119,8 @@ def test_variants_says_where_each_default_variant_runs_for_another_cpu(capsys):
     for name in ("fp32", "int8_dynamic", "ov_int8", "ort_int8_dynamic"):
         assert amx[name].endswith(" runs") and old[name].endswith(" runs")
     assert " skipped: " in amx["int4_wo_ao"]  # CUDA-only on any CPU
+    assert amx["int8_static_cpu"].endswith(" runs") and old["int8_static_cpu"].endswith(" runs")  # fbgemm: fast on both
+    main(["variants", "--set", "all", "--cpu-kind", "avx2"])
+    kind = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert {n: kind[n].endswith(" runs") for n in old if n in kind} == {n: old[n].endswith(" runs") for n in old if n in kind}
     assert machine.cpu_info() == before

@@ -19,10 +19,11 @@ def _quantize(tmp_path, tiny_trained, tiny_prepared, name, **options):
 
 
 def test_budget_keeps_the_most_sensitive_projections_until_the_validation_drop_fits(tmp_path, tiny_trained, tiny_prepared):
-    """3-bit activations hurt; with a zero budget the search keeps projections in float, most sensitive first,
-    until the validation accuracy equals the float model's, and says what share of MACs stayed in low bits."""
+    """3-bit activations hurt; with a zero budget and `budget_fallback: float` the search keeps projections in float,
+    most sensitive first, until the validation accuracy equals the float model's, and says what share of MACs
+    stayed in low bits."""
     raw, meta = _quantize(tmp_path, tiny_trained, tiny_prepared, "b", activation_bits=3, weight_bits=4,
-                          budget="auto", max_drop=0.0, sensitivity_rows=96)
+                          budget="auto", budget_fallback="float", max_drop=0.0, sensitivity_rows=96)
     table = meta["sensitivity"]["by_projection"]
     assert len(table) == 8 and {v["layer"] for v in table.values()} == {"0", "1"}
     assert {v["type"] for v in table.values()} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
@@ -30,10 +31,11 @@ def test_budget_keeps_the_most_sensitive_projections_until_the_validation_drop_f
     budget = meta["budget"]
     ranked = sorted(table, key=lambda n: -table[n]["kl"])
     assert budget["kept"] == ranked[: budget["k"]] and budget["validation_drop"] <= budget["validation_drop_bound"] <= 0.0
+    assert budget["float"] == budget["kept"] and budget["fallback"] == []
     assert budget["rows"] == 48  # every validation row of the tiny split (10% of 480)
-    assert budget["tried"][0]["kept"] == 0 and budget["tried"][0]["drop"] > 0  # the all-quantized model lost accuracy
+    assert budget["tried"][0]["raised"] == 0 and budget["tried"][0]["drop"] > 0  # the all-quantized model lost accuracy
     assert meta["quantized_modules"] == 8 - budget["k"] and meta["kept_bf16"] == [n for n in table if n in budget["kept"]]
-    assert 0.0 <= meta["mac_share_8bit"] < 1.0
+    assert 0.0 <= meta["mac_share_8bit"] < 1.0 and set(meta["formats"]) <= {"W4A3", "float"}
     model, _ = load_variant("b", raw, tmp_path / "b", CPU)
     assert model.ptqflow_runtime["w8a8_layers"] == 8 - budget["k"]
     assert budget["seconds"] > 0
@@ -44,6 +46,29 @@ def test_budget_keeps_the_most_sensitive_projections_until_the_validation_drop_f
     rows = budget_rows({"b": {"quantization": meta}, "ac": {"quantization": nncf}, "fp32": {}})
     assert len(rows) == 2 and f"| {budget['k']} |" in rows[0] and f"{budget['seconds']} |" in rows[0]
     assert rows[1] == "| `ac` | NNCF `quantize_with_accuracy_control` (point estimate) | 0.50 | 878 | 2 | 50.0% | 31.0 |"
+
+
+def test_budget_falls_back_to_w8a8_before_float(tmp_path, tiny_trained, tiny_prepared):
+    """The default `budget_fallback: w8a8`: projections leave W4A3 for W8A8 (the same int8 GEMM) first, most sensitive
+    first; float only for those W8A8 cannot hold. Each layer's Q_x is stored, so the artifact mixes bit widths."""
+    from ptqflow.quantize.int8_static import Int8StaticLinear
+
+    raw, meta = _quantize(tmp_path, tiny_trained, tiny_prepared, "l", activation_bits=3, weight_bits=4,
+                          budget="auto", max_drop=0.0, sensitivity_rows=96)
+    budget = meta["budget"]
+    assert budget["ladder"] == ["W4A3", "W8A8", "float"] and budget["tried"][0]["rung"] == "W4A3"
+    assert budget["validation_drop_bound"] <= 0.0
+    assert set(budget["fallback"]) | set(budget["float"]) == set(budget["kept"]) and not set(budget["fallback"]) & set(budget["float"])
+    if budget["float"]:  # float only once every projection had been tried in W8A8
+        assert any(t["rung"] == "W8A8" for t in budget["tried"])
+    counts = {f: v["projections"] for f, v in meta["formats"].items()}
+    assert sum(counts.values()) == 8 and counts.get("W8A8", 0) == len(budget["fallback"]) and counts.get("float", 0) == len(budget["float"])
+    assert meta["quantized_modules"] == 8 - len(budget["float"])
+    model, _ = load_variant("l", raw, tmp_path / "l", CPU)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Int8StaticLinear)}
+    assert len(layers) == 8 - len(budget["float"])
+    assert {n for n, m in layers.items() if m.qmax == 127.0} == set(budget["fallback"])
+    assert all(m.qmax == 3.0 for n, m in layers.items() if n not in budget["fallback"])
 
 
 def test_smoothquant_and_percentile_ranges(tmp_path, tiny_trained, tiny_prepared, fp32_artifact):

@@ -143,6 +143,37 @@ def test_a_failed_stage_is_recorded_as_failed(tmp_path, monkeypatch):
     assert list(parent["status"]) == ["FAILED"] and child["tags.mlflow.parentRunId"].iloc[0] == parent["run_id"].iloc[0]
 
 
+def test_a_killed_stage_ends_its_run_and_the_parent_as_killed_and_a_resumed_run_reopens_it(tmp_path, monkeypatch):
+    """Ctrl-C or a kill (SIGTERM, turned into KeyboardInterrupt inside the stage) during `dvc repro`: the stage's run
+    and the execution's parent end KILLED (not left "running" in `mlflow ui`); the next `dvc repro`'s first stage
+    puts the parent back to RUNNING, and the report stage finishes it. The experiment opens on the runs table."""
+    import os
+    import signal
+
+    import mlflow
+
+    from ptqflow.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, flush, stage_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PTQFLOW_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("finetune"):
+            os.kill(os.getpid(), signal.SIGTERM)  # a kill of the stage's process
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the stage's handler is gone after it
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    status = lambda stage: list(mlflow.search_runs(experiment_names=["ptqflow"]).query(f"`tags.stage` == '{stage}'")["status"])  # noqa: E731
+    assert status("finetune") == ["KILLED"] and status("pipeline") == ["KILLED"]
+    assert mlflow.get_experiment_by_name("ptqflow").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    with stage_run("finetune"):  # spooled (under the project root: tmp_path here), written by flush()
+        pass
+    flush()
+    assert status("pipeline") == ["RUNNING"]
+    with stage_run("report"):
+        pass
+    assert status("pipeline") == ["FINISHED"]
+
+
 def test_a_finished_stage_spools_its_run_and_a_detached_flush_writes_it(tmp_path):
     """No MLflow import in the stage: the run waits in the spool with a copy of its artifact, and the detached
     process the stage started writes it (once) a moment later; a later edit of the file does not change it."""

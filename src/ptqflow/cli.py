@@ -29,20 +29,39 @@ def _hub_check(args: argparse.Namespace) -> None:
     print(f"Hugging Face Hub reachable for {', '.join(args.what)}")
 
 
+def _source(args: argparse.Namespace) -> str:
+    return f"variant set {args.set!r}" if getattr(args, "set", None) else args.params
+
+
+def _variants_of(args: argparse.Namespace) -> dict:
+    """The variants of `--set NAME` (composed from conf/, as `dvc exp run -S variants=NAME` would), else of the
+    params file."""
+    from .config import load_params
+
+    if getattr(args, "set", None):
+        from .variant_sets import compose
+
+        variants = compose(args.set).get("variants") or {}
+    else:
+        variants = load_params(args.params).get("variants") or {}
+    if not variants:
+        raise PtqflowError(f"{_source(args)}: no variants")
+    return variants
+
+
 def _bench(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .benchmark import Protocol, add_speeds, bench_markdown, run_bench
-    from .config import load_params
     from .errors import PtqflowError
     from .io import write_json, write_text
     from .modeling import pick_device
 
-    variants = load_params(args.params).get("variants") or {}
+    variants = _variants_of(args)
     chosen = args.variants.split(",") if args.variants else list(variants)
     unknown = [v for v in chosen if v not in variants]
     if unknown:
-        raise PtqflowError(f"--variants: {', '.join(unknown)} not in {args.params} (known: {', '.join(variants)})")
+        raise PtqflowError(f"--variants: {', '.join(unknown)} not in {_source(args)} (known: {', '.join(variants)})")
     if args.baseline not in chosen:
         raise PtqflowError(f"--baseline {args.baseline!r} is not among the timed variants ({', '.join(chosen)})")
     if args.half and args.half != "auto" and args.half not in chosen:
@@ -140,16 +159,20 @@ def _predict(args: argparse.Namespace) -> None:
 def _variants(args: argparse.Namespace) -> None:
     import torch
 
-    from .config import load_params
     from .machine import assume_cpu, cpu_info
     from .quantize import resolve, unavailable
 
-    variants = load_params(args.params).get("variants") or {}
-    if not variants:
-        raise PtqflowError(f"{args.params}: no variants")
+    variants = _variants_of(args)
     device = torch.device(args.device)
     flags = args.cpu_flags.replace(",", " ").split() if args.cpu_flags is not None else None
-    with assume_cpu(flags, "the CPU of --cpu-flags") if flags is not None else contextlib.nullcontext():
+    label = "the CPU of --cpu-flags"
+    if args.cpu_kind:
+        from .machine import CPU_KINDS
+
+        if args.cpu_kind not in CPU_KINDS:
+            raise PtqflowError(f"--cpu-kind {args.cpu_kind!r}: not a known kind (known: {', '.join(CPU_KINDS)})")
+        label, flags = CPU_KINDS[args.cpu_kind]
+    with assume_cpu(flags, label) if flags is not None else contextlib.nullcontext():
         info = cpu_info()
         print(f"{device.type}: {info['model']} [{' '.join(info['flags']) or 'no listed flags'}]" if device.type == "cpu" else "cuda")
         skipped = 0
@@ -180,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time variants interleaved in one process at several batch sizes; JSON + markdown table",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="parameter file (its `variants`)")
-    p.add_argument("--variants", default=None, help="comma-separated variant names (default: all in the params file)")
+    p.add_argument("--set", default=None, metavar="NAME", help="take the variants of a named set (conf/variants/NAME.yaml: "
+                   "default, all, hurts, gpu, reference) instead of the params file")
+    p.add_argument("--variants", default=None, help="comma-separated variant names (default: all in the params file or set)")
     p.add_argument("--batch-sizes", default="1,16,64", help="comma-separated batch sizes")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per row")
     p.add_argument("--rounds", type=int, default=None, help="rounds, each visiting every variant once in a fresh random order (default: 10 on GPU, 5 on CPU)")
@@ -202,10 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("variants", help="where each variant of the params file runs: on this machine, or on a CPU with "
                        "other flags (--cpu-flags), and why the others are skipped")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
+    p.add_argument("--set", default=None, metavar="NAME", help="the variants of a named set (conf/variants/NAME.yaml) instead")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the device the stages would run on (default: %(default)s)")
     p.add_argument("--cpu-flags", default=None, metavar="FLAGS",
                    help="plan for another CPU: its /proc/cpuinfo flags (space or comma separated), e.g. "
                    "'avx512f avx512_vnni avx512_bf16 avx512_fp16 amx_tile amx_int8 amx_bf16' for an AMX Xeon")
+    p.add_argument("--cpu-kind", default=None, metavar="KIND",
+                   help="plan for one of the CPU kinds this project was measured on: avx2, avx512-vnni-bf16, amx (their flags: "
+                   "machine.CPU_KINDS)")
     p.set_defaults(func=_variants)
     p = sub.add_parser("table", help="print the comparison table (one row per variant) from metrics/comparison.json")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")

@@ -16,6 +16,15 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx51
              "amx_fp16", "fma", "f16c")
 
 
+# The CPU kinds this project has been measured on (name -> (model, flags)): what the catalogue reports for each and
+# what `ptqflow variants --cpu-kind NAME` assumes.
+CPU_KINDS = {
+    "avx2": ("AMD EPYC Zen 3 (GitHub's hosted runners, most VMs and laptops)", ["avx2", "fma", "f16c"]),
+    "avx512-vnni-bf16": ("AMD EPYC Zen 4", ["avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"]),
+    "amx": ("Intel Xeon Sapphire Rapids", ["avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+                                          "amx_tile", "amx_int8", "amx_bf16"]),
+}
+
 _ASSUMED: dict | None = None  # assume_cpu(): another CPU's model and flags, to plan for it (never set in a stage)
 
 
@@ -31,10 +40,19 @@ def assume_cpu(flags: list[str], model: str = "assumed CPU"):
         _ASSUMED = saved
 
 
+ASSUME_ENV = "PTQFLOW_CPU_FLAGS"  # e.g. "avx2 fma f16c": plan (and test) as on that kind of CPU, in every process
+
+
 def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
-    """{"model": ..., "flags": [...]} from /proc/cpuinfo (Linux); the platform's processor string elsewhere."""
+    """{"model": ..., "flags": [...]} from /proc/cpuinfo (Linux); the platform's processor string elsewhere.
+    Inside assume_cpu(), or with $PTQFLOW_CPU_FLAGS set, the assumed flags instead (the decisions of another CPU
+    kind, taken by the same code: `PTQFLOW_CPU_FLAGS="avx2 fma f16c" make test` runs the suite as on an AVX2-only
+    CPU where only the decision is under test; the kernels still run on this CPU)."""
     if _ASSUMED is not None:
         return dict(_ASSUMED)
+    if os.environ.get(ASSUME_ENV) is not None:
+        present = set(os.environ[ASSUME_ENV].replace(",", " ").split())
+        return {"model": f"assumed CPU (${ASSUME_ENV})", "flags": [f for f in CPU_FLAGS if f in present]}
     model, flags = platform.processor() or platform.machine(), []
     try:
         text = Path(cpuinfo).read_text()
@@ -83,12 +101,12 @@ def native_half(dtype: str, flags: list[str] | None = None) -> bool:
 
 
 def exact_int8_products(flags: list[str] | None = None) -> bool:
-    """Whether fbgemm's / oneDNN's / MLAS's u8 x s8 int8 GEMMs accumulate exactly in int32 on this CPU: with VNNI
-    (vpdpbusd) or AMX, yes. AVX2-only CPUs multiply u8 x s8 pairs with vpmaddubsw, whose int16 sum of two products
+    """Whether fbgemm's / oneDNN's / MLAS's u8 x s8 int8 GEMMs accumulate exactly in int32 on this CPU: with
+    AVX-512 VNNI (vpdpbusd) or AMX, yes. AVX2-only CPUs multiply u8 x s8 pairs with vpmaddubsw, whose int16 sum of two products
     saturates (|sum| up to 2 * 255 * 127 > 32,767), so an int8 product can differ from its formula there; tests
     bound the error by the saturation's worst case on such CPUs instead of the exact formula."""
     flags = cpu_info()["flags"] if flags is None else flags
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return any(f in flags for f in ("avx512_vnni", "amx_int8"))  # (AVX-VNNI alone: not every library uses it)
 
 
 def device_name(device: torch.device) -> str:

@@ -393,15 +393,19 @@ def sensitivity_section(details: dict[str, dict], figures: dict[str, str], top: 
                 *[f"| `{p}` | {v['layer']} | {v['kl']:.3g} | {v['nmse']:.3g} | {v['delta_accuracy'] * 100:+.2f} pts |" for p, v in rows], ""]
         budget = q.get("budget")
         if budget:
-            tried = ", ".join(f"{t['kept']} kept: {t['drop'] * 100:+.2f}" + (f" (bound {t['bound'] * 100:+.2f})" if "bound" in t else "")
-                              for t in budget["tried"])
+            tried = ", ".join(_tried(t) for t in budget["tried"])
             bound = (f", its one-sided {budget['confidence']:.0%} bound {budget['validation_drop_bound'] * 100:.2f}"
                      if "validation_drop_bound" in budget else "")
+            where = (f"{len(budget['fallback'])} raised to {budget['ladder'][1]} "
+                     f"({', '.join(f'`{k}`' for k in budget['fallback']) or 'none'}), {len(budget['float'])} to float "
+                     f"({', '.join(f'`{k}`' for k in budget['float']) or 'none'})" if budget.get("fallback") is not None and
+                     len(budget.get("ladder", [])) > 2 else
+                     f"{budget['k']} projection(s) kept in float ({', '.join(f'`{k}`' for k in budget['kept']) or 'none'})")
             out += [f"Budgeted search (`budget: auto`, max drop {budget['max_drop'] * 100:.2f} points on {budget['rows']} "
-                    f"validation rows): {budget['k']} projection(s) kept in float "
-                    f"({', '.join(f'`{k}`' for k in budget['kept']) or 'none'}), validation drop "
+                    f"validation rows): {where}, validation drop "
                     f"{budget['validation_drop'] * 100:.2f} points{bound}; {q.get('mac_share_8bit', 0):.1%} of the body's "
                     f"projection multiply-accumulates run in low bits. Drops measured (points): {tried}.", ""]
+            out += _formats_table(q.get("formats"))
         if name in figures:
             out += [f"![sensitivity {name}]({figures[name]})", ""]
     searches = budget_rows(details)
@@ -414,6 +418,25 @@ def sensitivity_section(details: dict[str, dict], figures: dict[str, str], top: 
     return (["## Sensitivity: which projections quantization hurts", "", *out]) if out else []
 
 
+def _count(record: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in record.get("count", {}).items() if v)
+
+
+def _tried(t: dict) -> str:
+    """One measured configuration of a budgeted search: how many were raised (from which format), drop, bound."""
+    what = f"{t['raised']} raised from {t['rung']}" if "raised" in t else f"{t['kept']} kept"
+    return f"{what}: {t['drop'] * 100:+.2f}" + (f" (bound {t['bound'] * 100:+.2f})" if "bound" in t else "")
+
+
+def _formats_table(formats: dict | None) -> list[str]:
+    """Per format a search ended with: projections, share of the body's multiply-accumulates, weight bytes."""
+    if not formats:
+        return []
+    return ["| format | projections | MACs | weight bytes |", "|---|---|---|---|",
+            *[f"| {fmt} | {f['projections']} | {f.get('mac_share', 0):.1%} | {f.get('weight_bytes', f.get('bytes', 0)):,} |"
+              for fmt, f in formats.items()], ""]
+
+
 def budget_rows(details: dict[str, dict]) -> list[str]:
     """One table row per variant that searched for an accuracy budget: ptqflow's `budget: auto` (int8_static), its
     size search (`embeddings: auto`, bnb_nf4) and NNCF's accuracy control (ov_int8_accuracy_control)."""
@@ -422,9 +445,17 @@ def budget_rows(details: dict[str, dict]) -> list[str]:
         q = m.get("quantization") or {}
         if q.get("budget"):
             b = q["budget"]
+            kept = (f"{len(b['float'])} (W8A8: {len(b['fallback'])})" if b.get("fallback") and "float" in b else str(len(b["kept"])))
             rows.append(f"| `{name}` | ptqflow `budget: auto` ({b.get('confidence', 0.5):.0%} one-sided bound) | "
-                        f"{b['max_drop'] * 100:.2f} | {b['rows']} | {len(b['kept'])} | {q.get('mac_share_8bit', 0):.1%} | "
+                        f"{b['max_drop'] * 100:.2f} | {b['rows']} | {kept} | {q.get('mac_share_8bit', 0):.1%} | "
                         f"{b.get('seconds', '-')} |")
+        elif q.get("size_search"):
+            z = q["size_search"]
+            chosen = ", ".join(f"{k} x{v['projections']}" for k, v in (q.get("formats") or {}).items())
+            also = "; ".join(f"{m}: {_count(r)}" for m, r in z["by_method"].items())
+            rows.append(f"| `{name}` | ptqflow size search: projections on the ladder {' -> '.join(z['ladder'])} ({also}); "
+                        f"kept **{z['method']}**, embeddings {q.get('embeddings', 'keep')} | {z['by_method'][z['method']]['max_drop'] * 100:.2f} | "
+                        f"{z['by_method'][z['method']]['rows']} | {chosen} | - | {q.get('quantize_seconds', '-')} |")
         elif q.get("embedding_search"):
             e = q["embedding_search"]
             tries = ", ".join(f"{t['candidate']} {t['drop'] * 100:+.2f} (bound {t['bound'] * 100:+.2f})" for t in e["tried"])

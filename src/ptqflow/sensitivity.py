@@ -113,41 +113,91 @@ def drop_upper_bound(base_right: np.ndarray, right: np.ndarray, confidence: floa
     return float(np.percentile(means, confidence * 100))
 
 
-def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str], nn.Module],
-                  batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float,
-                  confidence: float = 0.95, label: str = "budget search") -> dict:
-    """The smallest k such that keeping the k most sensitive projections (`ranked`, most sensitive first) in float
-    and quantizing the rest drops validation accuracy by at most `max_drop`, judged by the upper `confidence`
-    bound of the drop (module docstring). Returns k, the kept names, the drop and every (k, drop, bound) measured."""
+def ladder_search(model: nn.Module, ranked: list[str], rungs: list[Callable[[str], nn.Module]],
+                  batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float, confidence: float = 0.95,
+                  label: str = "budget search", rung_names: list[str] | None = None) -> dict:
+    """Per projection, a format of a ladder (rungs[0] the smallest / least accurate, ..., rungs[-1]; past the last:
+    the float module as it is in `model`), the projections raised in `ranked` order (most sensitive first):
+    everything starts on rung 0; the smallest k such that raising the first k projections still on rung r to
+    rung r + 1 fits (`fits` of the module docstring: the one-sided `confidence` bound of the validation drop
+    <= max_drop) is found by doubling then bisection; when even all of them on rung r + 1 do not fit, they all
+    go up and the search repeats one rung higher. Float is reached only by those that rung L - 1 cannot hold.
+    Returns {"levels": {name: rung index, len(rungs) = float}, the drop and bound of the result, every
+    configuration tried (rung, k raised, drop, bound), ...}."""
+    names = rung_names or [f"rung {i}" for i in range(len(rungs))]
     base_right = (logits_on(model, batches).argmax(-1) == labels).cpu().numpy()
-    layers = {n: quantized(n) for n in ranked}
-    tried: dict[int, tuple[float, float]] = {}
+    built: dict[tuple[str, int], nn.Module] = {}
+    tried: dict[tuple, tuple[float, float]] = {}
+    history: list[dict] = []
 
-    def fits(k: int) -> bool:
-        if k not in tried:
-            original = swap(model, {n: layers[n] for n in ranked[k:]})
+    def layer(name: str, level: int) -> nn.Module:
+        if (name, level) not in built:
+            built[(name, level)] = rungs[level](name)
+        return built[(name, level)]
+
+    def measure(levels: dict[str, int], rung: int, k: int) -> tuple[float, float]:
+        key = tuple(levels[n] for n in ranked)
+        if key not in tried:
+            original = swap(model, {n: layer(n, lv) for n, lv in levels.items() if lv < len(rungs)})
             try:
                 right = (logits_on(model, batches).argmax(-1) == labels).cpu().numpy()
             finally:
                 swap(model, original)
-            tried[k] = (float(base_right.mean() - right.mean()), drop_upper_bound(base_right, right, confidence))
-            step(label, f"{k} of {len(ranked)} kept -> validation drop {100 * tried[k][0]:+.2f} points, bound "
-                        f"{100 * tried[k][1]:.2f} {'<=' if tried[k][1] <= max_drop else '>'} {100 * max_drop:.2f} (candidate {len(tried)})")
-        return tried[k][1] <= max_drop
+            tried[key] = (float(base_right.mean() - right.mean()), drop_upper_bound(base_right, right, confidence))
+            drop, bound = tried[key]
+            history.append({"rung": names[rung], "raised": k, "drop": drop, "bound": bound})
+            step(label, f"{k} raised from {names[rung]} -> validation drop {100 * drop:+.2f} points, bound {100 * bound:.2f} "
+                        f"{'<=' if bound <= max_drop else '>'} {100 * max_drop:.2f} (candidate {len(tried)})")
+        return tried[key]
 
-    n, lo, k = len(ranked), -1, 0  # invariant once found: fits(k), and not fits(lo)
-    while k < n and not fits(k):
-        lo, k = k, min(n, max(1, 2 * k))
-    while k - lo > 1 and lo >= 0:
-        mid = (lo + k) // 2
-        if fits(mid):
-            k = mid
-        else:
-            lo = mid
-    drop, bound = tried.get(k, (0.0, 0.0))  # k = n: everything in float, no drop
-    return {"kept": ranked[:k], "k": k, "validation_drop": drop, "validation_drop_bound": bound, "confidence": confidence,
-            "baseline_validation_accuracy": float(base_right.mean()), "max_drop": max_drop,
-            "tried": [{"kept": kk, "drop": d, "bound": b} for kk, (d, b) in sorted(tried.items())], "rows": int(labels.numel())}
+    levels = {n: 0 for n in ranked}
+    for rung in range(len(rungs)):
+        at = [n for n in ranked if levels[n] == rung]
+
+        def raised(k: int) -> dict[str, int]:
+            return {**levels, **{n: rung + 1 for n in at[:k]}}
+
+        def fits(k: int) -> bool:
+            return measure(raised(k), rung, k)[1] <= max_drop
+
+        n, lo, k = len(at), -1, 0  # invariant once found: fits(k), and not fits(lo)
+        while k < n and not fits(k):
+            lo, k = k, min(n, max(1, 2 * k))
+        if k == n and not fits(n):
+            levels = raised(n)  # all of them up one rung, and search again there
+            continue
+        while k - lo > 1 and lo >= 0:
+            mid = (lo + k) // 2
+            if fits(mid):
+                k = mid
+            else:
+                lo = mid
+        levels = raised(k)
+        break
+    final = tuple(levels[n] for n in ranked)
+    drop, bound = tried.get(final, (0.0, 0.0))  # all float: no drop
+    return {"levels": levels, "validation_drop": drop, "validation_drop_bound": bound, "confidence": confidence,
+            "baseline_validation_accuracy": float(base_right.mean()), "max_drop": max_drop, "tried": history,
+            "rows": int(labels.numel()), "ladder": [*names, "float"],
+            "count": {name: sum(1 for lv in levels.values() if lv == i) for i, name in enumerate([*names, "float"])}}
+
+
+def budget_search(model: nn.Module, ranked: list[str], quantized: Callable[[str], nn.Module],
+                  batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float,
+                  confidence: float = 0.95, label: str = "budget search",
+                  fallback: Callable[[str], nn.Module] | None = None, names: tuple[str, str] = ("quantized", "fallback")) -> dict:
+    """The smallest k such that keeping the k most sensitive projections (`ranked`, most sensitive first) out of the
+    quantized format and quantizing the rest drops validation accuracy by at most `max_drop`, judged by the upper
+    `confidence` bound of the drop (module docstring). Kept means in float, or, with `fallback`, in that format
+    first (e.g. W8A8 under a W8A4 search) and in float only where the fallback format does not fit either
+    (ladder_search). Returns k, the kept names (everything not in the quantized format), the drop and every
+    configuration measured."""
+    rungs = [quantized] + ([fallback] if fallback is not None else [])
+    record = ladder_search(model, ranked, rungs, batches, labels, max_drop, confidence, label,
+                           rung_names=[names[0]] + ([names[1]] if fallback is not None else []))
+    kept = [n for n in ranked if record["levels"][n] > 0]
+    return {**record, "kept": kept, "k": len(kept), "fallback": [n for n in ranked if record["levels"][n] == 1] if fallback else [],
+            "float": [n for n in ranked if record["levels"][n] == len(rungs)]}
 
 
 def smallest_fitting(candidates: list[str], right: Callable[[str], np.ndarray], base_right: np.ndarray, max_drop: float,

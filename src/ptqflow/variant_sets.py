@@ -19,7 +19,14 @@ CONF = "conf"
 
 
 def conf_dir(root: str | Path | None = None) -> Path:
-    return Path(root or project_root()) / CONF
+    """`conf/` of the project (`root`, else the current one); outside a project (no conf/ there), that of the
+    checkout this package runs from."""
+    found = Path(root or project_root()) / CONF
+    if root is None and not found.is_dir():
+        checkout = Path(__file__).resolve().parents[2] / CONF
+        if checkout.is_dir():
+            return checkout
+    return found
 
 
 def names(root: str | Path | None = None) -> list[str]:

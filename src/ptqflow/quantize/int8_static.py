@@ -26,12 +26,15 @@ The calibrated ranges, largest first, are recorded as `input_absmax`: where the 
 Everything else (layer norms, attention, the head) runs in `dtype` (bfloat16, or float32 to see the int8
 products' effect alone); in (3) "bf16" is then that dtype; `keep_bf16` leaves named projections in it too.
 
-`sensitivity: true` scores each projection quantized alone on validation rows, and `budget: auto` keeps the
-most sensitive ones in `dtype` until the validation drop is within `max_drop` (sensitivity.py, formulas there).
+`sensitivity: true` scores each projection quantized alone on validation rows, and `budget: auto` takes the most
+sensitive ones out of this format until the validation drop is within `max_drop` (sensitivity.py, formulas there):
+to W8A8 first (`budget_fallback: w8a8`, the same int8 GEMM with 8-bit activations), to `dtype` only for those W8A8
+cannot hold either (`budget_fallback: float`: straight to `dtype`). The artifact stores each layer's Q_x.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -64,7 +67,10 @@ class Int8StaticOptions(w8a8.CalibratedOptions):
     smoothquant: float | None = None  # alpha of formula (0); null = no smoothing
     sensitivity: bool = False  # score every projection quantized alone on `sensitivity_rows` validation rows
     sensitivity_rows: int = 256
-    budget: Literal["none", "auto"] = "none"  # auto: keep the most sensitive projections in `dtype` until within max_drop
+    budget: Literal["none", "auto"] = "none"  # auto: the most sensitive projections out of this format until within max_drop
+    # where budget: auto puts them: w8a8 = 8-bit activations and weights first (the same int8 GEMM), `dtype` (float)
+    # only for those W8A8 cannot hold either; float = straight to `dtype`
+    budget_fallback: Literal["w8a8", "float"] = "w8a8"
     max_drop: float | None = None  # the budget: validation accuracy drop (fraction) allowed; null: report.max_accuracy_drop
     budget_confidence: float = 0.95  # the drop's one-sided bootstrap bound that must fit (0.5: the point estimate)
 
@@ -122,6 +128,7 @@ class Int8StaticLinear(nn.Module):
         self.kernel = resolved_kernel(options, device or runtime_device())
         self.out_dtype = getattr(torch, options.dtype)
         self.qmax = float(2 ** (options.activation_bits - 1) - 1)
+        self.register_buffer("input_qmax", torch.tensor(self.qmax))  # Q_x of (2), stored: a budget search mixes bit widths
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32))
@@ -130,6 +137,11 @@ class Int8StaticLinear(nn.Module):
         if self.smooth:  # 1 / s of formula (0), per input channel
             self.register_buffer("input_smooth", torch.ones(in_features, dtype=torch.float32))
         self._packed = None  # fbgemm: the packed weights and bias, and s_x, made at the first call
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.qmax = float(self.input_qmax)
+        self._packed = None
 
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         """Formulas (2)-(3) in fbgemm: x' is given as s_x xq with xq of (2) (so the op's own rounding, a multiply by
@@ -258,8 +270,12 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
     stats = calibrate(model, chosen, batches, device, options)
     originals = {n: model.get_submodule(n) for n in chosen}
     make = lambda name: build_layer(originals[name], stats[name], options, device)  # noqa: E731
+    w8 = dataclasses.replace(options, activation_bits=8, weight_bits=8)
+    make8 = lambda name: build_layer(originals[name], stats[name], w8, device)  # noqa: E731
+    ladder = options.budget == "auto" and options.budget_fallback == "w8a8" and (options.activation_bits, options.weight_bits) != (8, 8)
+    own = f"W{options.weight_bits}A{options.activation_bits}"
     info: dict = {}
-    quantized = list(chosen)
+    quantized, fallback = list(chosen), []
     if options.sensitivity or options.budget == "auto":
         started = time.perf_counter()
         rows, labels = calibration.scoring_batches(options.sensitivity_rows)
@@ -269,24 +285,36 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
             ranked = sorted(chosen, key=lambda n: -table[n]["kl"])
             every, every_labels = calibration.scoring_batches(len(calibration.rows))
             search = sens.budget_search(model, ranked, make, [_to(b, device) for b in every], every_labels.to(device),
-                                        options.max_drop, options.budget_confidence)
+                                        options.max_drop, options.budget_confidence, fallback=make8 if ladder else None,
+                                        names=(own, "W8A8"))
             info["budget"] = {**search, "seconds": round(time.perf_counter() - started, 1)}  # ranking + search
             quantized = [n for n in chosen if n not in search["kept"]]
+            fallback = search["fallback"]
     macs = sens.macs(model, found.projections)
-    w8a8.save_artifact(model, {name: make(name).state_dict() for name in quantized}, src_dir, out_dir, options, CODEC)
+    layers = {name: make(name).state_dict() for name in quantized} | {name: make8(name).state_dict() for name in fallback}
+    w8a8.save_artifact(model, layers, src_dir, out_dir, options, CODEC)
+    int8 = quantized + fallback
+    formats = {}
+    for fmt, members in ((own, quantized), ("W8A8", fallback if own != "W8A8" else []),
+                         ("float", [n for n in found.projections if n not in int8])):
+        if members:
+            formats[fmt] = {"projections": len(members), "mac_share": round(sum(macs[n] for n in members) / sum(macs.values()), 6),
+                            "weight_bytes": sum(macs[n] * (1 if fmt != "float" else 4) for n in members)}  # K N weights
     dtype = w8a8.rest_dtype(options)
     bits = f"int{options.weight_bits} weights x int{options.activation_bits} activations"
     how = "static calibrated per-tensor scales" + (f", SmoothQuant alpha {options.smoothquant}" if options.smoothquant is not None
                                                    else "") + (f", {options.percentile}th percentile ranges" if options.range == "percentile" else "")
-    kept = [n for n in found.projections if n not in quantized]
+    kept = [n for n in found.projections if n not in int8]
+    also = f", int8 weights x int8 activations in {len(fallback)} (the budget's W8A8 fallback)" if fallback else ""
     return {
-        "runtime_dtype": f"{bits} ({how}) in {len(quantized)} of {len(found.projections)} projections "
+        "runtime_dtype": f"{bits} ({how}) in {len(quantized)} of {len(found.projections)} projections{also} "
                          f"({_kernel(options, device)}); {str(dtype).replace('torch.', '')} elsewhere",
         "input_absmax": dict(sorted(((n, round(stats[n]["absmax"], 4)) for n in chosen), key=lambda kv: -kv[1])),
-        "quantized_modules": len(quantized),
+        "quantized_modules": len(int8),
         "kept_bf16": kept,
         "kept_full_precision": list(found.head),
-        "mac_share_8bit": round(sum(macs[n] for n in quantized) / sum(macs.values()), 6),
+        "mac_share_8bit": round(sum(macs[n] for n in int8) / sum(macs.values()), 6),
+        "formats": formats,
         "calibration": {"rows": sum(len(b["input_ids"]) for b in batches), "source": calibration.source,
                         "range": options.range},
         "n_parameters": n_parameters,

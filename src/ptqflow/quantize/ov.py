@@ -62,6 +62,9 @@ class OvInt8Options(OvOptions):
     preset: Literal["performance", "mixed"] = "performance"  # mixed: asymmetric activation ranges
     fast_bias_correction: bool = True
     ignored_scope: list[str] = field(default_factory=list)  # regexes on PyTorch module names kept float
+    # NNCF's overflow fix: int8 weights halved into 7 bits so that u8 x s8 pair sums cannot saturate on CPUs without
+    # VNNI. auto: enable there (machine.exact_int8_products), NNCF's default first_layer elsewhere (recorded)
+    overflow_fix: Literal["auto", "enable", "first_layer", "disable"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,7 +135,14 @@ def _quantize(src_dir: Path, out_dir: Path, options: OvInt8Options, calibration:
     ignored = found.head + tuple(p for p in found.projections if any(re.fullmatch(r, p) for r in options.ignored_scope))
     names = info["openvino"]["inputs"]
     feeds = [numpy_feeds(b, names) for b in calibration.batches(options.calibration_rows, options.calibration_batch_size)]
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    from ..machine import exact_int8_products
+
+    overflow = options.overflow_fix if options.overflow_fix != "auto" else ("first_layer" if exact_int8_products() else "enable")
+    info["overflow_fix"] = overflow
     advanced = AdvancedQuantizationParameters(
+        overflow_fix={"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}[overflow],
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1 if options.smooth_quant_alpha is None else options.smooth_quant_alpha))
     common = dict(preset=nncf.QuantizationPreset.PERFORMANCE if options.preset == "performance" else nncf.QuantizationPreset.MIXED,
                   model_type=nncf.ModelType.TRANSFORMER, target_device=nncf.TargetDevice.CPU,
