@@ -37,7 +37,7 @@ def cpu_skips(names: list[str]) -> list[str]:
     return [v for v in names if unavailable(v, every[v], torch.device("cpu"))]
 
 
-E2E = ["fp32", "bf16", "int8_scratch", "int8_bnb", "int8_dynamic", "nf4_bnb_emb4", "int4_wo_ao"]  # DVC wiring; every scheme runs in-process elsewhere
+E2E = ["fp32", "bf16", "int8_scratch", "int8_bnb", "int8_dynamic", "int4_wo_ao"]  # DVC wiring; every scheme runs in-process elsewhere
 SKIPPED = cpu_skips(E2E)  # on this CPU their stages run and say why they were not quantized or evaluated
 VARIANTS = [v for v in E2E if v not in SKIPPED]
 NOISE = ("Failed to load", "is an Enum subclass and is now natively supported", "interpreted in multiple ways",

@@ -74,11 +74,11 @@ def tags(r: dict) -> dict:
 class TestQueuedExperiments:  # a class each: pytest-xdist's --dist loadscope runs the two in parallel
     def test_queued_experiments_each_get_a_parent_with_their_children(self, tmp_path, shared, server):
         """Three queued experiments at -j 2 against the server: three parents, each with its own children, params, tags."""
-        env = make_project(tmp_path, shared, ["fp32", "int8_dynamic"])
+        env = make_project(tmp_path, shared, ["fp32"])
         env["MLFLOW_TRACKING_URI"] = server
         params = yaml.safe_load((tmp_path / "params.yaml").read_text())
         params["data"].update(max_train_samples=160, max_test_samples=60)
-        params["package"].update(variant="int8_dynamic", registered_model=MODEL_NAME)
+        params["package"].update(variant="fp32", registered_model=MODEL_NAME)
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         run(["git", "add", "-A"], tmp_path, env)
         run(["git", "commit", "-q", "-m", "baseline"], tmp_path, env)
@@ -91,28 +91,35 @@ class TestQueuedExperiments:  # a class each: pytest-xdist's --dist loadscope ru
         assert found == {"lr1", "lr2", "lr3"}, shown  # DVC lost nothing either
         parents = search(server, "tags.stage = 'pipeline'")
         assert sorted(r["info"]["run_name"] for r in parents) == ["lr1", "lr2", "lr3"]
-        stages = {"prepare", "finetune", "quantize@fp32", "quantize@int8_dynamic", "evaluate@fp32", "evaluate@int8_dynamic",
-                  "benchmark", "report", "package"}
+        stages = {"prepare", "finetune", "quantize@fp32", "evaluate@fp32", "benchmark", "report", "package"}
+        prepared = 0
         for parent in parents:
             pid, name = parent["info"]["run_id"], parent["info"]["run_name"]
             params = {p["key"]: p["value"] for p in parent["data"]["params"]}
             assert params["train.lr"] == f"0.00{name[-1]}" and "data.max_length" in params and "report.alpha" in params
             children = search(server, f"tags.mlflow.parentRunId = '{pid}'")
-            assert {c["info"]["run_name"] for c in children} == stages, name
+            # prepare's inputs are the same in every experiment: DVC's run-cache may restore it instead of running it
+            assert stages - {"prepare"} <= {c["info"]["run_name"] for c in children} <= stages, name
             assert {c["info"]["status"] for c in children} == {"FINISHED"} and parent["info"]["status"] == "FINISHED"
             for c in children:
                 t = tags(c)
                 assert t["dvc_experiment"] == name and len(t["git_commit"]) == 40 and t["stage"] == c["info"]["run_name"].split("@")[0]
-            ev = next(c for c in children if c["info"]["run_name"] == "evaluate@int8_dynamic")
-            assert tags(ev)["variant"] == "int8_dynamic" and tags(ev)["scheme"] == "int8_dynamic"
-            prep = next(c for c in children if c["info"]["run_name"] == "prepare")
+            ev = next(c for c in children if c["info"]["run_name"] == "evaluate@fp32")
+            assert tags(ev)["variant"] == "fp32" and tags(ev)["scheme"] == "fp32"
+            assert "report.md" in json.dumps(rest(server, f"artifacts/list?run_id={pid}"))
+            prep = next((c for c in children if c["info"]["run_name"] == "prepare"), None)
+            if prep is None:
+                continue
+            prepared += 1
             inputs = prep["inputs"]["dataset_inputs"]
             assert {i["dataset"]["digest"] for i in inputs} and {t["value"] for i in inputs for t in i["tags"] if t["key"] == "mlflow.data.context"} \
                 == {"train", "validation", "test"}
-            assert "report.md" in json.dumps(rest(server, f"artifacts/list?run_id={pid}"))
-        per_exp = search(server, "tags.variant = 'int8_dynamic'")
+        assert prepared >= 1
+        per_exp = search(server, "tags.variant = 'fp32' and tags.stage = 'evaluate'")
         assert sorted(tags(r)["dvc_experiment"] for r in per_exp) == ["lr1", "lr2", "lr3"]
         # the package stage of each registered a version in the server's Model Registry, from its own run
-        versions = rest(server, "registered-models/search-model-versions", {"filter": f"name='{MODEL_NAME}'"})["model_versions"]
+        import urllib.parse
+
+        versions = rest(server, "model-versions/search?filter=" + urllib.parse.quote(f"name='{MODEL_NAME}'"))["model_versions"]
         assert len(versions) == 3 and {v["run_id"] for v in versions} <= {c["info"]["run_id"] for c in search(server, "tags.stage = 'package'")}
-        assert {dict((t["key"], t["value"]) for t in v.get("tags", []))["variant"] for v in versions} == {"int8_dynamic"}
+        assert {dict((t["key"], t["value"]) for t in v.get("tags", []))["variant"] for v in versions} == {"fp32"}

@@ -40,6 +40,9 @@ class OvWeightsOptions(OvOptions):
     ratio: float = 1.0  # share of the eligible layers in `mode`; the rest in backup_mode (NNCF ranks them by sensitivity)
     all_layers: bool = False  # also the embeddings and the last projection in `mode` (NNCF keeps them in backup_mode)
     backup_mode: Literal["int8_asym", "int8_sym", "none"] = "int8_asym"  # what NNCF uses for the layers not in `mode`
+    # a projection whose input width group_size does not divide: adjust = the largest divisor NNCF finds (>= 16),
+    # ignore = that projection in backup_mode, error = stop (both recorded per layer in weight_formats)
+    group_size_fallback: Literal["adjust", "ignore", "error"] = "adjust"
     awq: bool = False  # data-aware: activation-aware per-channel scales (needs calibration rows)
     scale_estimation: bool = False  # data-aware: NNCF's scale estimation
     gptq: bool = False  # data-aware: GPTQ error compensation
@@ -92,6 +95,11 @@ def quantize(src_dir: Path, out_dir: Path, options: OvWeightsOptions, calibratio
                   ignored_scope=nncf.IgnoredScope(patterns=[rf".*__module\.model\.{re.escape(n)}/.*" for n in ignored], validate=False))
     if options.mode.startswith("int8"):
         kwargs.pop("group_size"), kwargs.pop("ratio"), kwargs.pop("backup_mode"), kwargs.pop("all_layers")
+    else:
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+        kwargs["advanced_parameters"] = AdvancedCompressionParameters(
+            group_size_fallback_mode=GroupSizeFallbackMode(options.group_size_fallback))
     rows = 0
     if options.data_aware():
         names = info["openvino"]["inputs"]
