@@ -123,9 +123,10 @@ class TestOneRepro:
 
     def test_a_clone_with_the_cache_pulled_reruns_only_the_changed_variant(self, project, tmp_path):
         """What CI does: the baseline (dvc.lock, metrics/) committed, the cache pushed to a DVC remote (a local
-        folder here); in a fresh clone, `dvc pull`, one variant's option changed, `dvc repro` runs exactly that
-        variant's quantize / evaluate, then benchmark, report, package (DVC's own logic), and `dvc metrics diff`
-        shows the change against the committed baseline without running the baseline again."""
+        folder here); in a fresh clone, `dvc pull` restores everything (a clean `dvc status`), one variant's option
+        changed, `dvc repro --dry` runs exactly that variant's quantize / evaluate, then benchmark and report (DVC's own
+        logic; package follows once their outputs change), and `dvc metrics diff HEAD` compares against the committed
+        baseline without running it again."""
         root, env, _ = project
         env = {**env, "PTQFLOW_TRACKING": "0"}
         run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], root, env)
