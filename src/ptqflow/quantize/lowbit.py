@@ -46,7 +46,7 @@ from .. import structure
 from ..calibration import Calibration
 from ..config import check
 from ..errors import PtqflowError
-from .embedding import GROUPED, EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, pack, quantize_embeddings
+from .embedding import EmbeddingMode, attach_embeddings, count_quantized_embeddings, describe, pack, quantize_embeddings, unpack
 from .registry import Scheme
 
 WEIGHTS_FILE = "model.lowbit.safetensors"
@@ -86,9 +86,10 @@ class LowBitOptions:
 
 # --------------------------------------------------------------------------------------------- formulas (1)-(2)
 def group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, z) of formula (1) for the columns of w [N, G] (one group); s already float16-rounded."""
+    """(s, z) of formula (1) over the last dimension of w (one group: [N, G], or every group: [N, K/G, G]); s already
+    float16-rounded."""
     qmax = 2**bits - 1
-    lo, hi = w.amin(dim=1).clamp(max=0.0), w.amax(dim=1).clamp(min=0.0)  # the range holds 0: z is a code
+    lo, hi = w.amin(dim=-1).clamp(max=0.0), w.amax(dim=-1).clamp(min=0.0)  # the range holds 0: z is a code
     s = ((hi - lo) / qmax).to(torch.float16).to(torch.float32)
     s = torch.where(s > 0, s, torch.ones_like(s))
     z = torch.clamp(torch.round(-lo / s), 0, qmax)
@@ -116,12 +117,8 @@ def rtn(w: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Ten
     """(q [N, K], s [N, K/G], z [N, K/G]) by (1)-(2) group by group."""
     n, k = w.shape
     wg = w.reshape(n, k // group, group)
-    qmax = 2**bits - 1
-    lo, hi = wg.amin(dim=2).clamp(max=0.0), wg.amax(dim=2).clamp(min=0.0)
-    s = ((hi - lo) / qmax).to(torch.float16).to(torch.float32)
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    z = torch.clamp(torch.round(-lo / s), 0, qmax)
-    q = torch.clamp(torch.round(wg / s[..., None]) + z[..., None], 0, qmax)
+    s, z = group_params(wg, bits)
+    q = torch.clamp(torch.round(wg / s[..., None]) + z[..., None], 0, 2**bits - 1)
     return q.reshape(n, k), s, z
 
 
@@ -227,8 +224,7 @@ def encode(w: torch.Tensor, bits: int, group: int, method: str, stats: dict | No
 def decode(tensors: dict[str, torch.Tensor], bits: int, shape: tuple[int, int]) -> torch.Tensor:
     """W_deq [N, K] (float32) of stored tensors (encode's)."""
     n, k = shape
-    stream = ((tensors["qweight"].to(torch.int32)[..., None] >> torch.arange(8)) & 1).reshape(n, k, bits)
-    q = (stream << torch.arange(bits)).sum(-1).to(torch.float32)
+    q = unpack(tensors["qweight"], bits).to(torch.float32) + 2 ** (bits - 1)  # embedding.unpack gives q - 2^(b-1)
     group = k // tensors["qscale"].shape[1]
     w = dequantize(q, tensors["qscale"].float(), tensors["qzero"].float(), group)
     if "awq_inv_scale" in tensors:
@@ -258,7 +254,6 @@ def _layer(module: nn.Module, w_deq: torch.Tensor) -> nn.Linear:
 # --------------------------------------------------------------------------------------------- the scheme
 def quantize(src_dir: Path, out_dir: Path, options: LowBitOptions, calibration: Calibration | None = None) -> dict:
     """Encode every body projection (or search the bits per projection), optionally the embeddings, write the artifact."""
-    from .. import sensitivity as sens
     from .common import load_finetuned, runtime_device
 
     device = runtime_device()

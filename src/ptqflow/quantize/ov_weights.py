@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from .. import structure
 from ..calibration import Calibration
 from ..config import check
