@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ptqflow.int8_gemm import int8_gemm_rescale
+from ptqflow.runtimes.gemm8 import int8_gemm_rescale
 
 SHAPES = {"attn.c_attn": (768, 2304), "attn.c_proj": (768, 768), "mlp.c_fc": (768, 3072), "mlp.c_proj": (3072, 768)}
 

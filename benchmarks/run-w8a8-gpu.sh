@@ -4,9 +4,10 @@
 #   tests:    the fp8 / int8_static kernel tests (float64 reference, error bounds) on the card
 #   shapes:   per-projection GEMM times, bf16 vs fp8 vs int8 (benchmarks/gemm_shapes.py)
 #   accuracy: the default pipeline's fine-tuned model (models/finetuned, data/prepared carried from a CPU
-#             `make run`) quantized (validation rows calibrate) and scored on the 7,600 test rows by the
+#             `make run`; or $ACC_MODEL, $ACC_DATA) quantized (validation rows calibrate) and scored on the 7,600 test rows by the
 #             pipeline's own stage scripts; McNemar against fp32 by ptqflow.report.compare_all
 #   speed:    GPT-2 small (124M, from its config), batch 16 and 64 x 128 tokens, one `ptqflow bench` run
+#   profile:  torch.profiler kernel tables and Chrome traces of one b16 and one b64 forward (benchmarks/gpu_profile.py)
 # Needs: wheels of datasets, dill, multiprocess, xxhash, fsspec in $WHEELS; GPT-2's config in .device/models/gpt2.
 set -uo pipefail
 OUT=${OUT:-benchmarks/out}
@@ -21,14 +22,15 @@ A=benchmarks/variants-w8a8-accuracy.yaml
 for part in $PARTS; do
   case $part in
     tests)
-      python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fp8.py tests/test_int8_static.py 2>&1 | tail -15 | tee "$OUT/tests.txt" ;;
+      python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fp8.py tests/test_int8_static.py tests/test_fusion.py 2>&1 | tail -15 | tee "$OUT/tests.txt" ;;
     shapes)
       timeout 240 python3 benchmarks/gemm_shapes.py --out "$OUT/gemm-shapes.json" | tee "$OUT/gemm-shapes.md" ;;
     accuracy)
       mkdir -p "$OUT/accuracy/metrics" "$OUT/accuracy/predictions"
-      for v in ${ACCURACY_VARIANTS:-fp32 fp16 fp8_static fp8_dynamic int8_static fp8_static_keep_attn_proj}; do
-        python3 stages/quantize.py --params $A --variant "$v" --out "/tmp/q/$v" --no-tracking >/dev/null &&
-          python3 stages/evaluate.py --params $A --variant "$v" --artifact "/tmp/q/$v" --no-tracking \
+      for v in ${ACCURACY_VARIANTS:-fp32 fp16 fp8_static fp8_static_fused fp8_dynamic int8_static int8_static_fused fp8_static_keep_attn_proj}; do
+        python3 stages/quantize.py --params $A --variant "$v" --out "/tmp/q/$v" --no-tracking \
+            --model "${ACC_MODEL:-models/finetuned}" --data "${ACC_DATA:-data/prepared}" >/dev/null &&
+          python3 stages/evaluate.py --params $A --variant "$v" --artifact "/tmp/q/$v" --no-tracking --data "${ACC_DATA:-data/prepared}" \
             --details "$OUT/accuracy/metrics/$v.json" --predictions "$OUT/accuracy/predictions/$v.csv" 2>&1 | grep '^evaluate@'
       done
       python3 - "$OUT/accuracy" <<'PY' | tee "$OUT/accuracy/mcnemar.md"
@@ -55,8 +57,12 @@ PY
       rm -r "$OUT/accuracy/predictions" ;;
     speed)
       timeout ${SPEED_TIMEOUT:-520} python3 -m ptqflow bench --params benchmarks/variants-fp8.yaml \
-        --variants ${SPEED_VARIANTS:-fp16_cudagraphs,fp8_static,fp8_dynamic,int8_static,int8_static_int_mm,fp8_static_keep_attn_proj} \
+        --variants ${SPEED_VARIANTS:-fp16_cudagraphs,fp8_static,fp8_static_fused,fp8_static_fused_norm,int8_static,int8_static_fused} \
         --from-config .device/models/gpt2 --batch-sizes 16,64 --seq-len 128 --rounds ${ROUNDS:-12} \
         --baseline fp16_cudagraphs --half '' --device cuda --out "$OUT/gpu-w8a8-124m" 2>&1 | grep -v Warning | tail -25 ;;
+    profile)
+      timeout ${PROFILE_TIMEOUT:-300} python3 benchmarks/gpu_profile.py --params benchmarks/variants-fp8.yaml \
+        --variants ${PROFILE_VARIANTS:-fp16_cudagraphs,fp8_static,fp8_static_fused,fp8_static_fused_norm} --from-config .device/models/gpt2 \
+        --batch-sizes 16,64 --seq-len 128 --out "$OUT/profile" 2>&1 | grep -v Warning | grep -v "^|" | tail -12 ;;
   esac
 done

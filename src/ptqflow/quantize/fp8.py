@@ -30,6 +30,7 @@ from torch import nn
 
 from . import w8a8
 from ..calibration import Calibration
+from ..config import check
 from .registry import Scheme
 
 WEIGHTS_FILE = "model.fp8.safetensors"
@@ -42,6 +43,11 @@ FP8 = getattr(torch, "float8_e4m3fn", None)
 class Fp8Options(w8a8.CalibratedOptions):
     activations: Literal["static", "dynamic"] = "static"
     fast_accum: bool = False  # cuBLASLt's fast fp8 accumulation (faster, less exact)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(not self.fuse or self.activations == "static", "fuse", "[] with activations: dynamic (fusion needs static scales)",
+              self.fuse)
 
 
 def available(options: Fp8Options, device: torch.device) -> str | None:
@@ -74,6 +80,8 @@ class Fp8Linear(nn.Module):
         super().__init__()
         static = options.activations == "static"
         self.in_features, self.out_features, self.static, self.fast_accum = in_features, out_features, static, options.fast_accum
+        self.code = "fp8" if static else None  # static: takes e4m3 codes of x / s_x as input (fusion.py)
+        self.code_dtype = FP8
         self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=FP8))
         self.register_buffer("weight_scale", torch.ones(() if static else (1, out_features), dtype=torch.float32))
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32))  # static: s_x of formula (1)
@@ -87,9 +95,16 @@ class Fp8Linear(nn.Module):
         if pad:
             x2 = torch.nn.functional.pad(x2, (0, 0, 0, pad))
         scale = self.input_scale if self.static else absmax_scale(x2, dim=1)
-        y = torch._scaled_mm(to_e4m3(x2, scale), self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
+        codes = x2 if x2.dtype == FP8 else to_e4m3(x2, scale)  # already codes: a fused producer wrote them
+        y = torch._scaled_mm(codes, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
                              bias=self.bias, out_dtype=torch.bfloat16, use_fast_accum=self.fast_accum)
-        return y[:rows].reshape(*lead, self.out_features).to(x.dtype)
+        return y[:rows].reshape(*lead, self.out_features).to(torch.bfloat16 if x.dtype == FP8 else x.dtype)
+
+    def quantize_input(self, x2: torch.Tensor) -> torch.Tensor:
+        return to_e4m3(x2, self.input_scale)
+
+    def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight_fp8, self.weight_scale
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, static={self.static}"

@@ -14,7 +14,7 @@ y = x W^T + b (W: [N, K]) becomes, with Q_w = 2^(weight_bits-1) - 1 and Q_x = 2^
 
 x' W'^T = x W^T exactly, so (0) only moves range from the activations (where one outlier channel stretches s_x
 for every channel) into the weights (which have a scale per output channel). (3) runs in one kernel
-(`kernel: triton`, CUDA, int8_gemm.py: exact int32 accumulation, scale, bias and cast in the epilogue), in fbgemm's
+(`kernel: triton`, CUDA, gemm8.py: exact int32 accumulation, scale, bias and cast in the epilogue), in fbgemm's
 static u8 x s8 GEMM with a float32 output (`kernel: fbgemm`, CPU: the activation codes of (2) offset by a zero point
 of 128, the offset taken out with the weights' row sums, fast on every x86 CPU: AVX2, AVX-512 VNNI, AMX) or as
 `torch._int_mm` then a float rescale (`kernel: int_mm`: oneDNN's int8 GEMM, fast only with VNNI / AMX; on a CPU
@@ -110,8 +110,10 @@ def available(options: Int8StaticOptions, device: torch.device) -> str | None:
         slow = no_fast_path("torch._int_mm")
         if slow:
             return f"{slow}: about 50x slower than float32 there; kernel: fbgemm (the CPU default) is fast on every x86 CPU"
+    if options.fuse and (kernel != "triton" or options.smoothquant is not None or options.activation_bits != 8):
+        return "fuse needs kernel: triton, 8-bit activations and no smoothquant (the fused producers emit plain int8 codes)"
     if kernel == "triton":
-        from ..runtimes.int8_gemm import missing
+        from ..runtimes.gemm8 import missing
 
         return missing()
     return None
@@ -137,6 +139,9 @@ class Int8StaticLinear(nn.Module):
         if self.smooth:  # 1 / s of formula (0), per input channel
             self.register_buffer("input_smooth", torch.ones(in_features, dtype=torch.float32))
         self._packed = None  # fbgemm: the packed weights and bias, and s_x, made at the first call
+        # triton, 8-bit codes, no smoothing: takes the int8 codes of x / s_x as input (fusion.py)
+        self.code = "int8" if self.kernel == "triton" and not self.smooth and options.activation_bits == 8 else None
+        self.code_dtype = torch.int8
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -162,12 +167,16 @@ class Int8StaticLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        x2 = x2.float() * self.input_smooth if self.smooth else x2.float()  # formula (0)
-        if self.kernel == "fbgemm":
-            return self._fbgemm(x2).to(self.out_dtype).reshape(*lead, self.out_features).to(x.dtype)
-        xq = torch.round(x2 / self.input_scale).clamp(-self.qmax, self.qmax).to(torch.int8)  # formula (2)
+        out_dtype = self.out_dtype if x.dtype == torch.int8 else x.dtype
+        if x2.dtype == torch.int8:  # already codes: a fused producer wrote them (fusion.py)
+            xq = x2
+        else:
+            x2 = x2.float() * self.input_smooth if self.smooth else x2.float()  # formula (0)
+            if self.kernel == "fbgemm":
+                return self._fbgemm(x2).to(self.out_dtype).reshape(*lead, self.out_features).to(out_dtype)
+            xq = self.quantize_input(x2)
         if self.kernel == "triton":
-            from ..runtimes.int8_gemm import int8_gemm_rescale
+            from ..runtimes.gemm8 import int8_gemm_rescale
 
             y = int8_gemm_rescale(xq, self.weight_int8, self.input_scale, self.weight_scale, self.bias)
         else:
@@ -176,7 +185,14 @@ class Int8StaticLinear(nn.Module):
                 xq = torch.nn.functional.pad(xq, (0, 0, 0, INT_MM_MIN_ROWS - rows))
             acc = torch._int_mm(xq, self.weight_int8.t())[:rows]
             y = (acc.float() * (self.input_scale * self.weight_scale) + self.bias.float()).to(self.out_dtype)
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+        return y.reshape(*lead, self.out_features).to(out_dtype)
+
+    def quantize_input(self, x2: torch.Tensor) -> torch.Tensor:
+        """Formula (2)."""
+        return torch.round(x2.float() / self.input_scale).clamp(-self.qmax, self.qmax).to(torch.int8)
+
+    def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight_int8, self.weight_scale
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"

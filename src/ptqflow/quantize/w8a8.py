@@ -39,8 +39,12 @@ class CalibratedOptions:
     calibration_rows: int = 256  # static: validation rows the activation ranges are fitted on
     calibration_batch_size: int = 16
     keep_bf16: list[str] = field(default_factory=list)  # projections (name substrings) left in bfloat16
+    fuse: list[str] = field(default_factory=list)  # GPU: producers that emit the codes (fusion.py): norm, activation
 
     def __post_init__(self) -> None:
+        from .fusion import PARTS
+
+        check(isinstance(self.fuse, list) and all(p in PARTS for p in self.fuse), "fuse", f"a list of {', '.join(PARTS)}", self.fuse)
         check(self.calibration_rows >= 1, "calibration_rows", "a positive integer", self.calibration_rows)
         check(self.calibration_batch_size >= 1, "calibration_batch_size", "a positive integer", self.calibration_batch_size)
 
@@ -123,6 +127,10 @@ def quantize(src_dir: Path, out_dir: Path, options: Any, calibration: Calibratio
     save_artifact(model, layers, src_dir, out_dir, options, codec)
     scales = "static calibrated" if is_static(options) else "dynamic per-row"
     rest = str(rest_dtype(options)).replace("torch.", "")
+    if getattr(options, "fuse", None):
+        rest += "; fused on the GPU (Triton): " + " and ".join(
+            {"activation": "GELU + the next projection's codes in the FFN-up GEMM's epilogue",
+             "norm": "norms emitting their projections' codes"}[p] for p in options.fuse)
     return {
         "runtime_dtype": f"{codec.label} weights x {codec.label} activations ({scales} scales) in {len(chosen)} "
                          f"projections, scales in the GEMM epilogue ({codec.kernel(options)}); {rest} elsewhere",
@@ -171,4 +179,8 @@ def load(artifact_dir: Path, options: Any, device: torch.device, codec: Codec) -
     model.ptqflow_runtime = {"kernel": codec.kernel(options, device), "w8a8_layers": quantized,
                              "activations": getattr(options, "activations", "static"),
                              "bf16_layers": len(structure.of(model).projections) - quantized}
+    if options.fuse:
+        from .fusion import fuse, probe_batch
+
+        model.ptqflow_runtime["fused"] = fuse(model, options.fuse, probe_batch(model, device))
     return model

@@ -1,0 +1,166 @@
+"""One GPU kernel family: an 8-bit x 8-bit matrix product (int8 or float8 e4m3) with everything after it fused
+into the epilogue (Triton): the float rescale, the bias, optionally the activation (GELU) and optionally the
+quantization of the result to the next projection's 8-bit codes, for `int8_static` and the fused `fp8` / `int8`
+layers (quantize/fusion.py).
+
+    z[m, n] = s_x * s_w[n] * sum_k xq[m, k] wq[n, k] + b[n]                                              (1)
+    y[m, n] = bf16(f(z[m, n]))                                     out: "bf16"                          (2)
+    y[m, n] = e4m3(clamp(f(z) / s_out, -448, 448))                 out: "fp8"  (the next layer's codes)
+    y[m, n] = int8(clamp(rint(f(z) / s_out), -127, 127))           out: "int8"
+    f = identity, or GELU: gelu_tanh(z) = z * sigmoid(2 u), u = sqrt(2 / pi) (z + 0.044715 z^3)
+                          (= 0.5 z (1 + tanh u), the tanh form GPT-2 uses); gelu_erf(z) = 0.5 z (1 + erf(z / sqrt 2))
+
+xq: [M, K] codes of the activation with one per-tensor scale s_x (a 0-d float32 tensor, so that a CUDA graph reads
+it from memory); wq: [N, K] codes with per-output-channel scales s_w [N] (float32; a per-tensor scale repeated);
+b [N] (bfloat16). int8 products are accumulated exactly in int32, e4m3 products in float32 on the tensor cores;
+scaling, activation and quantization happen in registers, so neither the accumulator nor the float activation
+is ever written to memory (what `torch._int_mm` / `torch._scaled_mm` followed by separate kernels do: an [M, N]
+write and read per step). Tile sizes are autotuned on first use per (N, K) and M rounded up to a power of two.
+
+Registered as custom operators (`ptqflow::int8_gemm_rescale`, `ptqflow::gemm8_fused`) so `torch.compile`
+treats each as one opaque call and CUDA graphs capture it. Needs Triton and a CUDA GPU; `missing()` says why not.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+ACTIVATIONS = {"none": 0, "gelu_tanh": 1, "gelu_erf": 2}
+OUTPUTS = {"bf16": 0, "fp8": 1, "int8": 2}
+E4M3_MAX = 448.0
+
+
+def missing() -> str | None:
+    """Why the kernel cannot run here, or None."""
+    if importlib.util.find_spec("triton") is None:
+        return f"the 8-bit GEMM kernels are written in Triton, which torch {torch.__version__} here does not ship"
+    if not torch.cuda.is_available():
+        return "the 8-bit GEMM kernels (Triton) need a CUDA GPU"
+    return None
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+
+    tiles = [(128, 128, 64, 4, 4), (128, 128, 128, 3, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
+             (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4), (64, 256, 128, 3, 8),
+             (128, 256, 128, 3, 8), (128, 128, 128, 4, 8)]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s, num_warps=w)
+               for m, n, k, s, w in tiles]
+
+    @triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "INT8", "ACT", "OUT"])
+    @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+    @triton.jit
+    def gemm8_kernel(x_ptr, w_ptr, y_ptr, sx_ptr, sw_ptr, b_ptr, so_ptr, M, N, K, M_BUCKET, stride_xm, stride_wn, stride_ym,
+                     INT8: tl.constexpr, ACT: tl.constexpr, OUT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+        pid = tl.program_id(0)
+        blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        group = GROUP_M * blocks_n  # tiles visited in groups of GROUP_M rows of blocks: the weights stay in L2
+        first_m = (pid // group) * GROUP_M
+        rows = min(blocks_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % rows
+        pid_n = (pid % group) // rows
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :]  # a [BLOCK_N, BLOCK_K] tile of W, K contiguous
+        in_m, in_n = offs_m[:, None] < M, offs_n[None, :] < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if INT8 else tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN_K:  # rows past M / columns past N only reach outputs that are not stored
+                x = tl.load(x_ptrs, mask=in_m)
+                w = tl.load(w_ptrs, mask=offs_n[:, None] < N)
+            else:
+                left = K - k * BLOCK_K
+                if INT8:
+                    x = tl.load(x_ptrs, mask=in_m & (offs_k[None, :] < left), other=0)
+                    w = tl.load(w_ptrs, mask=(offs_n[:, None] < N) & (offs_k[None, :] < left), other=0)
+                else:
+                    x = tl.load(x_ptrs, mask=in_m & (offs_k[None, :] < left), other=0.0)
+                    w = tl.load(w_ptrs, mask=(offs_n[:, None] < N) & (offs_k[None, :] < left), other=0.0)
+            acc = tl.dot(x, tl.trans(w), acc, out_dtype=tl.int32 if INT8 else tl.float32)  # K-major operands (wgmma)
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        inside_n = offs_n < N
+        scale = tl.load(sx_ptr) * tl.load(sw_ptr + offs_n, mask=inside_n, other=0.0)
+        bias = tl.load(b_ptr + offs_n, mask=inside_n, other=0.0).to(tl.float32)
+        z = acc.to(tl.float32) * scale[None, :] + bias[None, :]  # (1)
+        if ACT == 1:
+            u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+            z = z * tl.sigmoid(2.0 * u)
+        elif ACT == 2:
+            z = 0.5 * z * (1.0 + libdevice.erf(z * 0.7071067811865476))
+        out_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+        if OUT == 0:
+            tl.store(out_ptrs, z.to(tl.bfloat16), mask=in_m & in_n)
+        elif OUT == 1:
+            q = tl.minimum(tl.maximum(z / tl.load(so_ptr), -448.0), 448.0)
+            tl.store(out_ptrs, q.to(tl.float8e4nv), mask=in_m & in_n)
+        else:
+            q = tl.minimum(tl.maximum(libdevice.rint(z / tl.load(so_ptr)), -127.0), 127.0)
+            tl.store(out_ptrs, q.to(tl.int8), mask=in_m & in_n)
+
+    return triton, gemm8_kernel
+
+
+def reference(xq, wq, s_x, s_w, bias, s_out, act: int, out: int) -> torch.Tensor:
+    """Formulas (1)-(2) in float64 with torch ops: the tests' reference, and what the operators compute on a CPU
+    tensor (the variants never run there: their `available` asks for a CUDA GPU)."""
+    z = (xq.double() @ wq.double().t()) * (s_x.double() * s_w.double())[None, :] + bias.double()[None, :]
+    if act == 1:
+        z = z * torch.sigmoid(2.0 * 0.7978845608028654 * (z + 0.044715 * z**3))
+    elif act == 2:
+        z = 0.5 * z * (1.0 + torch.erf(z * 0.7071067811865476))
+    if out == 0:
+        return z.to(torch.bfloat16)
+    if out == 1:
+        return (z / s_out.double()).clamp(-E4M3_MAX, E4M3_MAX).float().to(torch.float8_e4m3fn)
+    return torch.round(z / s_out.double()).clamp(-127, 127).to(torch.int8)
+
+
+def _launch(xq, wq, s_x, s_w, bias, s_out, act: int, out: int) -> torch.Tensor:
+    if not xq.is_cuda:
+        return reference(xq, wq, s_x, s_w, bias, s_out, act, out)
+    triton, kernel = _kernel()
+    xq, wq = xq.contiguous(), wq.contiguous()
+    (m, k), n = xq.shape, wq.shape[0]
+    dtype = (torch.bfloat16, torch.float8_e4m3fn, torch.int8)[out]
+    y = torch.empty((m, n), device=xq.device, dtype=dtype)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    kernel[grid](xq, wq, y, s_x, s_w, bias, s_out, m, n, k, triton.next_power_of_2(m), xq.stride(0), wq.stride(0), y.stride(0),
+                 INT8=xq.dtype == torch.int8, ACT=act, OUT=out)
+    return y
+
+
+@torch.library.custom_op("ptqflow::int8_gemm_rescale", mutates_args=())
+def int8_gemm_rescale(xq: torch.Tensor, wq: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(1)-(2) without activation: xq [M, K] int8, wq [N, K] int8, s_x 0-d float32, s_w [N] float32, bias [N] ->
+    [M, N] bfloat16."""
+    return _launch(xq, wq, s_x, s_w, bias, s_x, 0, 0)
+
+
+@int8_gemm_rescale.register_fake
+def _(xq, wq, s_x, s_w, bias):
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("ptqflow::gemm8_fused", mutates_args=())
+def gemm8_fused(xq: torch.Tensor, wq: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor,
+                s_out: torch.Tensor, act: int, out: int) -> torch.Tensor:
+    """(1)-(2) with activation `act` (ACTIVATIONS) and output `out` (OUTPUTS; s_out the next layer's 0-d input scale):
+    xq, wq both int8 or both float8 e4m3 -> [M, N] bfloat16, e4m3 or int8."""
+    return _launch(xq, wq, s_x, s_w, bias, s_out, act, out)
+
+
+@gemm8_fused.register_fake
+def _(xq, wq, s_x, s_w, bias, s_out, act, out):
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=(torch.bfloat16, torch.float8_e4m3fn, torch.int8)[out])
