@@ -86,7 +86,7 @@ def test_size_search_climbs_the_ladder_and_records_both_methods(tmp_path, tiny_t
     for record in search["by_method"].values():
         assert record["tried"][0]["rung"] == "int2" and record["tried"][0]["raised"] == 0
         assert sum(record["count"].values()) == 8
-    assert meta["embeddings"] == "int2" and meta["embedding_search"]["tried"][0]["candidate"] == "int2"
+    assert meta["embeddings"] == "int2-mse" and meta["embedding_search"]["tried"][0]["candidate"] == "int2-mse"
     model, _ = load_variant("s", raw, tmp_path / "s", CPU)
     assert model.ptqflow_runtime["lowbit_layers"] == meta["quantized_modules"]
 
@@ -132,3 +132,30 @@ def test_openvino_weight_compression_and_ort_matmulnbits_count_what_they_compres
         return
     assert meta["quantized_modules"] >= 1 and meta["onnx_operators_quantized"]["MatMulNBits"] == meta["quantized_modules"]
     assert len(meta["head_kept_float"]) == 1
+
+
+def test_mse_clipped_embeddings_beat_the_plain_range_and_round_trip(tmp_path, tiny_trained):
+    """embedding.py formula (3): the chosen shrink factor's squared error is at most the plain min-max range's (c = 1),
+    and the stored codes, scales and zero points load back to the same lookups."""
+    from ptqflow.quantize.common import load_finetuned
+    from ptqflow.quantize.embedding import MSE_GROUP, QuantizedEmbedding, bits_per_value
+
+    torch.manual_seed(0)
+    table = torch.randn(40, 128)
+    table[3, 5] = 12.0  # one outlier: a plain range wastes its levels on it
+    for bits in (2, 3, 4):
+        q = QuantizedEmbedding.from_float(table, f"int{bits}-mse", torch.float32)
+        g = table.reshape(40, -1, MSE_GROUP)
+        lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+        s = ((hi - lo) / (2**bits - 1)).half().float()
+        z = torch.round(-lo / s)
+        plain = s[..., None] * (torch.clamp(torch.round(g / s[..., None]) + z[..., None], 0, 2**bits - 1) - z[..., None])
+        assert float((q.weight - table).pow(2).sum()) <= float((plain.reshape(40, 128) - table).pow(2).sum()) * (1 + 1e-6)
+        assert bits_per_value(f"int{bits}-mse", 128) == bits + 24 / 64
+    raw = {"scheme": "lowbit", "bits": 4, "group_size": 32, "method": "rtn", "embeddings": "int2-mse"}
+    meta = quantize_variant("e", raw, tiny_trained, tmp_path / "e", CPU)
+    assert meta["quantized_embeddings"] == 2 and "int2-mse" in meta["runtime_dtype"]
+    model, _ = load_variant("e", raw, tmp_path / "e", CPU)
+    ids = torch.tensor([[1, 7, 300, 5000]])
+    want = QuantizedEmbedding.from_float(load_finetuned(tiny_trained).transformer.wte.weight, "int2-mse", torch.float32)(ids)
+    assert torch.equal(model.transformer.wte(ids), want)

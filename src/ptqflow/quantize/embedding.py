@@ -20,10 +20,19 @@ of row r), with Q = 2^(b-1) - 1 (7, 3, 1):
     so the bound below holds for the stored scale.
 
 Both give |E - E_deq| <= s / 2 elementwise. An all-zero row or group gets s = 1 (q = 0, exact).
-Bits per value: int8 8 + 32 / n_embd; int{b} b + 16 / 32 (int4 4.5, int3 3.5, int2 2.5).
 
-`embeddings: auto` (bnb_nf4) picks the fewest bits of (2, 3, 4) whose validation accuracy drop fits the budget
-(sensitivity.smallest_fitting): the size search.
+int4-mse / int3-mse / int2-mse (b bits), asymmetric per group of G = 64 values, with the range clipped to the
+shrink factor c (of the grid 0.5, 0.55, ..., 1.0) that minimises the group's squared error, Q = 2^b - 1:
+
+    lo = c min_{i in g} E[r, i],  hi = c max_{i in g} E[r, i],  s = (hi - lo) / Q,  z = round(-lo / s),            (3)
+    q = clamp(round(E / s) + z, 0, Q),  E_deq = s (q - z),   c = argmin_c sum_{i in g} (E[r, i] - E_deq[r, i])^2
+
+(s float16, z uint8, codes packed as for (2)); a low-bit table spends its few levels where a group's values are,
+not on a symmetric range around one outlier. Bits per value: int8 8 + 32 / n_embd; int{b} b + 16 / 32 (int4 4.5,
+int3 3.5, int2 2.5); int{b}-mse b + 24 / 64 (4.375, 3.375, 2.375).
+
+`embeddings: auto` picks the fewest bits per value of the modes above whose validation accuracy drop fits the
+budget (sensitivity.smallest_fitting): the size search.
 """
 
 from __future__ import annotations
@@ -37,8 +46,26 @@ from .. import structure
 from .common import absmax_int8_rows
 
 GROUP = 32  # int4 / int3 / int2: values per scale
-EmbeddingMode = Literal["keep", "int8", "int4", "int3", "int2"]
-GROUPED = {"int4": 4, "int3": 3, "int2": 2}  # mode -> bits per code
+MSE_GROUP = 64  # int{b}-mse: values per scale and zero point
+SHRINK = [0.5 + 0.05 * i for i in range(11)]  # int{b}-mse: range shrink factors tried
+EmbeddingMode = Literal["keep", "int8", "int4", "int3", "int2", "int4-mse", "int3-mse", "int2-mse"]
+GROUPED = {"int4": 4, "int3": 3, "int2": 2, "int4-mse": 4, "int3-mse": 3, "int2-mse": 2}  # mode -> bits per code
+MSE = ("int4-mse", "int3-mse", "int2-mse")
+
+
+def search_ladder(widths: list[int]) -> list[str]:
+    """The size search's embedding candidates, fewest bits per value first: the MSE-clipped modes where every table's
+    width is a multiple of their group, else the symmetric ones; int8 last."""
+    if all(w % MSE_GROUP == 0 for w in widths):
+        return ["int2-mse", "int3-mse", "int4-mse", "int8"]
+    return ["int2", "int3", "int4", "int8"]
+
+
+def bits_per_value(mode: str, dim: int) -> float:
+    """Stored bits per table value of `mode` (for a table `dim` wide)."""
+    if mode == "int8":
+        return 8 + 32 / dim
+    return GROUPED[mode] + (24 / MSE_GROUP if mode in MSE else 16 / GROUP)
 
 
 def quantize_rows_int8(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +84,31 @@ def quantize_groups(table: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, t
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round(t / scale.to(torch.float32)[..., None]), -qmax, qmax).to(torch.int16) + qmax + 1
     return pack(q.reshape(rows, dim), bits), scale
+
+
+def quantize_groups_mse(table: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed codes (uint8), scales (float16) and zero points (uint8), [rows, dim / 64] each, by formula (3)."""
+    rows, dim = table.shape
+    if dim % MSE_GROUP:
+        raise ValueError(f"int{bits}-mse embeddings need the embedding width to be a multiple of {MSE_GROUP}, got {dim}")
+    qmax = 2**bits - 1
+    t = table.detach().to(torch.float32).reshape(rows, dim // MSE_GROUP, MSE_GROUP)
+    lo0, hi0 = t.amin(dim=2).clamp(max=0.0), t.amax(dim=2).clamp(min=0.0)
+    best_err = best_q = best_s = best_z = None
+    for c in SHRINK:
+        s = ((hi0 - lo0) * c / qmax).to(torch.float16)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        z = torch.clamp(torch.round(-lo0 * c / s.float()), 0, qmax)
+        q = torch.clamp(torch.round(t / s.float()[..., None]) + z[..., None], 0, qmax)
+        err = ((s.float()[..., None] * (q - z[..., None]) - t) ** 2).sum(dim=2)
+        if best_err is None:
+            best_err, best_q, best_s, best_z = err, q, s, z
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_q = torch.where(better[..., None], q, best_q)
+            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+    return pack(best_q.reshape(rows, dim).to(torch.int16), bits), best_s, best_z.to(torch.uint8)
 
 
 def quantize_groups_int4(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,23 +140,32 @@ class QuantizedEmbedding(nn.Module):
 
     ptqflow_embedding = True  # structure.py counts it as an embedding table
 
-    def __init__(self, mode: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, mode: str, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, zero: torch.Tensor | None = None):
         super().__init__()
         self.mode, self.dtype = mode, dtype
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale)
+        if mode in MSE:
+            self.register_buffer("zero", zero)
         self.num_embeddings = codes.shape[0]
         self.embedding_dim = codes.shape[1] * 8 // GROUPED[mode] if mode in GROUPED else codes.shape[1]
 
     @classmethod
     def from_float(cls, table: torch.Tensor, mode: str, dtype: torch.dtype) -> "QuantizedEmbedding":
+        if mode in MSE:
+            codes, scale, zero = quantize_groups_mse(table, GROUPED[mode])
+            return cls(mode, codes, scale, dtype, zero)
         codes, scale = quantize_rows_int8(table) if mode == "int8" else quantize_groups(table, GROUPED[mode])
         return cls(mode, codes, scale, dtype)
 
     def dequantize_rows(self, ids: torch.Tensor) -> torch.Tensor:
         if self.mode == "int8":
             return self.codes[ids].to(self.dtype) * self.scale[ids].to(self.dtype)[..., None]
-        q = unpack(self.codes[ids.reshape(-1)], GROUPED[self.mode]).reshape(*ids.shape, self.embedding_dim)
+        bits = GROUPED[self.mode]
+        q = unpack(self.codes[ids.reshape(-1)], bits).reshape(*ids.shape, self.embedding_dim)
+        if self.mode in MSE:  # formula (3): unpack gives q - 2^(b-1)
+            z = self.zero[ids].to(self.dtype).repeat_interleave(MSE_GROUP, dim=-1) - 2 ** (bits - 1)
+            return (q.to(self.dtype) - z) * self.scale[ids].to(self.dtype).repeat_interleave(MSE_GROUP, dim=-1)
         s = self.scale[ids].to(self.dtype).repeat_interleave(GROUP, dim=-1)
         return q.to(self.dtype) * s
 
@@ -133,13 +194,16 @@ def quantize_embeddings(model: nn.Module, mode: EmbeddingMode, dtype: torch.dtyp
         return out
     for name in embedding_names(model):
         table = model.get_submodule(name).weight
-        if mode in GROUPED and table.shape[1] % GROUP:
+        group = MSE_GROUP if mode in MSE else GROUP
+        if mode in GROUPED and table.shape[1] % group:
             from ..errors import PtqflowError
 
-            raise PtqflowError(f"embeddings: {mode} needs embedding widths that are a multiple of {GROUP}; {name} is {table.shape[1]} wide")
+            raise PtqflowError(f"embeddings: {mode} needs embedding widths that are a multiple of {group}; {name} is {table.shape[1]} wide")
         q = QuantizedEmbedding.from_float(table, mode, dtype)
         structure.replace_module(model, name, q)
         out[f"{name}.codes"], out[f"{name}.scale"] = q.codes.contiguous(), q.scale.contiguous()
+        if mode in MSE:
+            out[f"{name}.zero"] = q.zero.contiguous()
     return out
 
 
@@ -149,14 +213,15 @@ def attach_embeddings(model: nn.Module, mode: EmbeddingMode, tensors: dict[str, 
         return 0
     names = embedding_names(model)
     for name in names:
-        structure.replace_module(model, name, QuantizedEmbedding(mode, tensors[f"{name}.codes"], tensors[f"{name}.scale"], dtype))
+        structure.replace_module(model, name, QuantizedEmbedding(mode, tensors[f"{name}.codes"], tensors[f"{name}.scale"], dtype,
+                                                                 tensors.get(f"{name}.zero")))
     return len(names)
 
 
 def split_embedding_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(the quantized-embedding tensors written by `quantize_embeddings`, everything else)."""
     def stored(key: str) -> bool:
-        return key.endswith((".codes", ".scale")) and "::" not in key
+        return key.endswith((".codes", ".scale", ".zero")) and "::" not in key
     return {k: v for k, v in tensors.items() if stored(k)}, {k: v for k, v in tensors.items() if not stored(k)}
 
 
@@ -165,4 +230,6 @@ def count_quantized_embeddings(model: nn.Module) -> int:
 
 
 def describe(mode: EmbeddingMode) -> str:
+    if mode in MSE:
+        return f"embeddings {mode} (asymmetric, MSE-clipped) per {MSE_GROUP} values"
     return "embeddings kept" if mode == "keep" else "embeddings int8 per row" if mode == "int8" else f"embeddings {mode} per {GROUP} values"

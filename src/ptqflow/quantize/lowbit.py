@@ -27,7 +27,7 @@ row, embedding.pack), s as float16 (q computed with the rounded s), z as uint8.
 one-sided `budget_confidence` bound of the validation drop (sensitivity.py), a ladder of formats per projection
 (2 -> 3 -> 4 -> 8 bits, then float), the most sensitive projections raised first; run with `method` and with
 `rtn`, the smaller fitting model kept, both recorded (what the calibrated method buys). `embeddings: auto` then
-takes the fewest bits of (2, 3, 4, 8) for the embedding tables that still fit.
+takes the fewest bits of embedding.search_ladder (int2-mse, int3-mse, int4-mse, int8) for the tables that still fit.
 """
 
 from __future__ import annotations
@@ -380,10 +380,10 @@ def _size_search(model, names, encoded, weights, scoring, options) -> tuple[dict
 
 
 def _embedding_search(model, chosen, encoded, weights, scoring, options) -> tuple[str, dict]:
-    """The fewest bits of (2, 3, 4, 8) for the embedding tables that keep the validation drop (against the float
-    model) within the budget, with the projections as chosen."""
+    """The fewest bits of embedding.search_ladder (2, 3, 4 bits MSE-clipped, 8) for the embedding tables that keep the
+    validation drop (against the float model) within the budget, with the projections as chosen."""
     from .. import sensitivity as sens
-    from .embedding import QuantizedEmbedding, embedding_names
+    from .embedding import QuantizedEmbedding, embedding_names, search_ladder
 
     batches, labels = scoring
     base_right = (sens.logits_on(model, batches).argmax(-1) == labels).cpu().numpy()  # the float model
@@ -401,7 +401,8 @@ def _embedding_search(model, chosen, encoded, weights, scoring, options) -> tupl
             sens.swap(model, tables)
 
     try:
-        record = sens.smallest_fitting(["int2", "int3", "int4", "int8"], right, base_right, options.max_drop,
+        ladder = search_ladder([int(m.weight.shape[1]) for m in tables.values()])
+        record = sens.smallest_fitting(ladder, right, base_right, options.max_drop,
                                        options.budget_confidence, label="size search (embeddings)")
     finally:
         sens.swap(model, originals)
@@ -433,7 +434,7 @@ def load(artifact_dir: Path, options: LowBitOptions, device: torch.device) -> nn
         stored, tensors = split_embedding_tensors(tensors)
         attach_embeddings(model, embeddings, stored, dtype)
     missing = [k for k in model.state_dict() if k not in tensors and not any(k.startswith(f"{n}.weight") for n in layers)
-               and not k.endswith((".codes", ".scale"))]
+               and not k.endswith((".codes", ".scale", ".zero"))]
     try:
         model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
