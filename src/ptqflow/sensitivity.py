@@ -115,7 +115,7 @@ def drop_upper_bound(base_right: np.ndarray, right: np.ndarray, confidence: floa
 
 def ladder_search(model: nn.Module, ranked: list[str], rungs: list[Callable[[str], nn.Module]],
                   batches: list[dict[str, torch.Tensor]], labels: torch.Tensor, max_drop: float, confidence: float = 0.95,
-                  label: str = "budget search", rung_names: list[str] | None = None) -> dict:
+                  label: str = "budget search", rung_names: list[str] | None = None, base_right: np.ndarray | None = None) -> dict:
     """Per projection, a format of a ladder (rungs[0] the smallest / least accurate, ..., rungs[-1]; past the last:
     the float module as it is in `model`), the projections raised in `ranked` order (most sensitive first):
     everything starts on rung 0; the smallest k such that raising the first k projections still on rung r to
@@ -123,9 +123,11 @@ def ladder_search(model: nn.Module, ranked: list[str], rungs: list[Callable[[str
     <= max_drop) is found by doubling then bisection; when even all of them on rung r + 1 do not fit, they all
     go up and the search repeats one rung higher. Float is reached only by those that rung L - 1 cannot hold.
     Returns {"levels": {name: rung index, len(rungs) = float}, the drop and bound of the result, every
-    configuration tried (rung, k raised, drop, bound), ...}."""
+    configuration tried (rung, k raised, drop, bound), ...}. `base_right`: the rows the reference model gets right
+    (default: `model` as it is), when the model searched already carries other quantized parts."""
     names = rung_names or [f"rung {i}" for i in range(len(rungs))]
-    base_right = (logits_on(model, batches).argmax(-1) == labels).cpu().numpy()
+    if base_right is None:
+        base_right = (logits_on(model, batches).argmax(-1) == labels).cpu().numpy()
     built: dict[tuple[str, int], nn.Module] = {}
     tried: dict[tuple, tuple[float, float]] = {}
     history: list[dict] = []

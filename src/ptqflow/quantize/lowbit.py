@@ -23,11 +23,13 @@ row, embedding.pack), s as float16 (q computed with the rounded s), z as uint8.
   tokens; stored: the codes of W diag(c) and 1/c (float16), deq = deq(q) diag(1/c): what folding 1/c into the
   operation that produces X does, exactly.
 
-`bits: auto` is the size search over the projections: with `max_drop` (null: report.max_accuracy_drop) and the
-one-sided `budget_confidence` bound of the validation drop (sensitivity.py), a ladder of formats per projection
-(2 -> 3 -> 4 -> 8 bits, then float), the most sensitive projections raised first; run with `method` and with
-`rtn`, the smaller fitting model kept, both recorded (what the calibrated method buys). `embeddings: auto` then
-takes the fewest bits of embedding.search_ladder (int2-mse, int3-mse, int4-mse, int8) for the tables that still fit.
+`embeddings: auto` takes the fewest bits of embedding.search_ladder (int2-mse, int3-mse, int4-mse, int8) for the
+tables whose validation drop fits the budget, first (they hold the most bytes for the accuracy they cost). `bits:
+auto` is then the size search over the projections, with those tables in place: with `max_drop` (null:
+report.max_accuracy_drop) and the one-sided `budget_confidence` bound of the validation drop against the float
+model (sensitivity.py), a ladder of formats per projection (2 -> 3 -> 4 -> 8 bits, then float), the most sensitive
+projections raised first; run with `method` and with `rtn`, the smaller fitting model kept, both recorded (what the
+calibrated method buys).
 """
 
 from __future__ import annotations
@@ -280,13 +282,14 @@ def quantize(src_dir: Path, out_dir: Path, options: LowBitOptions, calibration: 
 
     info: dict = {}
     scoring = _scoring(calibration, device) if options.budgeted() else None
-    if options.bits == "auto":
-        chosen, info["size_search"] = _size_search(model, names, encoded, weights, scoring, options)
-    else:
-        chosen = {n: (options.bits, options.method) for n in names}
     embeddings = options.embeddings
-    if embeddings == "auto":
-        embeddings, info["embedding_search"] = _embedding_search(model, chosen, encoded, weights, scoring, options)
+    fixed = {n: (options.bits, options.method) for n in names} if options.bits != "auto" else {n: (None, options.method) for n in names}
+    if embeddings == "auto":  # first: the tables hold the most bytes per point of accuracy they cost
+        embeddings, info["embedding_search"] = _embedding_search(model, fixed, encoded, weights, scoring, options)
+    if options.bits == "auto":
+        chosen, info["size_search"] = _size_search(model, names, encoded, weights, scoring, options, embeddings)
+    else:
+        chosen = fixed
     tensors: dict[str, torch.Tensor] = {}
     for name, (bits, method) in chosen.items():
         if bits is None:  # kept in float by the search
@@ -357,33 +360,60 @@ def _builder(model: nn.Module, names: list[str], encoded, weights: dict, bits: i
     return lambda name: _layer(originals[name], decode(encoded(name, bits, method), bits, tuple(weights[name].shape)))
 
 
-def _size_search(model, names, encoded, weights, scoring, options) -> tuple[dict, dict]:
-    """The ladder search of the module docstring, with `options.method` and with rtn: the smaller fitting model."""
+def _size_search(model, names, encoded, weights, scoring, options, embeddings: str = "keep") -> tuple[dict, dict]:
+    """The ladder search of the module docstring, with `options.method` and with rtn: the smaller fitting model; with
+    the embedding tables already as `embeddings` (the drop is against the float model)."""
+    from .. import sensitivity as sens
+    from .embedding import embedding_names
+
+    batches, labels = scoring
+    base_right = (sens.logits_on(model, batches).argmax(-1) == labels).cpu().numpy()  # the float model
+    dtype = next(model.parameters()).dtype
+    tables = {n: _decoded_table(model.get_submodule(n), embeddings, dtype) for n in embedding_names(model)} if embeddings != "keep" else {}
+    originals = sens.swap(model, tables)
+    methods = [options.method] + (["rtn"] if options.method != "rtn" else [])
+    results = {}
+    try:
+        for method in methods:
+            results[method] = _ladder(model, names, encoded, weights, scoring, options, method, base_right)
+    finally:
+        sens.swap(model, originals)
+    best = min(results, key=lambda m: (results[m]["projection_bits"], results[m]["validation_drop_bound"]))
+    chosen = {n: ((LADDER[lvl], best) if lvl < len(LADDER) else (None, best)) for n, lvl in results[best]["levels"].items()}
+    return chosen, {"method": best, "by_method": results, "ladder": [f"int{b}" for b in LADDER] + ["float"],
+                    "embeddings": embeddings}
+
+
+def _decoded_table(table: nn.Module, mode: str, dtype: torch.dtype) -> nn.Embedding:
+    """A float table holding `mode`'s dequantized values: the same lookups as the QuantizedEmbedding, without
+    unpacking codes at every lookup (the searches run hundreds of forwards)."""
+    from .embedding import QuantizedEmbedding
+
+    return nn.Embedding.from_pretrained(QuantizedEmbedding.from_float(table.weight, mode, dtype).weight, freeze=True,
+                                        padding_idx=getattr(table, "padding_idx", None))
+
+
+def _ladder(model, names, encoded, weights, scoring, options, method: str, base_right) -> dict:
+    """One method's ladder search over the projections (sensitivity.ladder_search), its projection bits counted."""
     from .. import sensitivity as sens
 
     batches, labels = scoring
-    methods = [options.method] + (["rtn"] if options.method != "rtn" else [])
-    results = {}
-    for method in methods:
-        rungs = [_builder(model, names, encoded, weights, b, method) for b in LADDER]
-        rows, row_labels = calibration_rows(scoring, options.sensitivity_rows)
-        table = sens.per_projection(model, names, rungs[0], rows, row_labels, progress=True)
-        ranked = sorted(names, key=lambda n: -table[n]["kl"])  # most sensitive at the lowest rung first
-        record = sens.ladder_search(model, ranked, rungs, batches, labels, options.max_drop, options.budget_confidence,
-                                    label=f"size search ({method})", rung_names=[f"int{b}" for b in LADDER])
-        size = sum(weights[n].numel() * (stored_bits(LADDER[lvl], options.group_size) if lvl < len(LADDER) else 32)
-                   for n, lvl in record["levels"].items())
-        results[method] = {**record, "projection_bits": int(size)}
-    best = min(results, key=lambda m: (results[m]["projection_bits"], results[m]["validation_drop_bound"]))
-    chosen = {n: ((LADDER[lvl], best) if lvl < len(LADDER) else (None, best)) for n, lvl in results[best]["levels"].items()}
-    return chosen, {"method": best, "by_method": results, "ladder": [f"int{b}" for b in LADDER] + ["float"]}
+    rungs = [_builder(model, names, encoded, weights, b, method) for b in LADDER]
+    rows, row_labels = calibration_rows(scoring, options.sensitivity_rows)
+    table = sens.per_projection(model, names, rungs[0], rows, row_labels, progress=True)
+    ranked = sorted(names, key=lambda n: -table[n]["kl"])  # most sensitive at the lowest rung first
+    record = sens.ladder_search(model, ranked, rungs, batches, labels, options.max_drop, options.budget_confidence,
+                                label=f"size search ({method})", rung_names=[f"int{b}" for b in LADDER], base_right=base_right)
+    size = sum(weights[n].numel() * (stored_bits(LADDER[lvl], options.group_size) if lvl < len(LADDER) else 32)
+               for n, lvl in record["levels"].items())
+    return {**record, "projection_bits": int(size)}
 
 
 def _embedding_search(model, chosen, encoded, weights, scoring, options) -> tuple[str, dict]:
     """The fewest bits of embedding.search_ladder (2, 3, 4 bits MSE-clipped, 8) for the embedding tables that keep the
     validation drop (against the float model) within the budget, with the projections as chosen."""
     from .. import sensitivity as sens
-    from .embedding import QuantizedEmbedding, embedding_names, search_ladder
+    from .embedding import embedding_names, search_ladder
 
     batches, labels = scoring
     base_right = (sens.logits_on(model, batches).argmax(-1) == labels).cpu().numpy()  # the float model
@@ -394,7 +424,7 @@ def _embedding_search(model, chosen, encoded, weights, scoring, options) -> tupl
     dtype = next(model.parameters()).dtype
 
     def right(mode: str):
-        sens.swap(model, {n: QuantizedEmbedding.from_float(m.weight, mode, dtype) for n, m in tables.items()})
+        sens.swap(model, {n: _decoded_table(m, mode, dtype) for n, m in tables.items()})
         try:
             return (sens.logits_on(model, batches).argmax(-1) == labels).cpu().numpy()
         finally:
