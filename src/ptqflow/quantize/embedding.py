@@ -87,28 +87,26 @@ def quantize_groups(table: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, t
 
 
 def quantize_groups_mse(table: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Packed codes (uint8), scales (float16) and zero points (uint8), [rows, dim / 64] each, by formula (3)."""
+    """Packed codes (uint8), scales (float16) and zero points (uint8), [rows, dim / 64] each, by formula (3): lowbit.py's
+    group-wise asymmetric round-to-nearest of the shrunk range, the shrink with the least squared error per group."""
+    from .lowbit import dequantize, rtn
+
     rows, dim = table.shape
     if dim % MSE_GROUP:
         raise ValueError(f"int{bits}-mse embeddings need the embedding width to be a multiple of {MSE_GROUP}, got {dim}")
-    qmax = 2**bits - 1
-    t = table.detach().to(torch.float32).reshape(rows, dim // MSE_GROUP, MSE_GROUP)
-    lo0, hi0 = t.amin(dim=2).clamp(max=0.0), t.amax(dim=2).clamp(min=0.0)
-    best_err = best_q = best_s = best_z = None
+    t = table.detach().to(torch.float32)
+    best = None
     for c in SHRINK:
-        s = ((hi0 - lo0) * c / qmax).to(torch.float16)
-        s = torch.where(s > 0, s, torch.ones_like(s))
-        z = torch.clamp(torch.round(-lo0 * c / s.float()), 0, qmax)
-        q = torch.clamp(torch.round(t / s.float()[..., None]) + z[..., None], 0, qmax)
-        err = ((s.float()[..., None] * (q - z[..., None]) - t) ** 2).sum(dim=2)
-        if best_err is None:
-            best_err, best_q, best_s, best_z = err, q, s, z
+        q, s, z = rtn(t, bits, MSE_GROUP, c)
+        err = ((dequantize(q, s, z, MSE_GROUP) - t) ** 2).reshape(rows, -1, MSE_GROUP).sum(dim=2)
+        if best is None:
+            best = [err, q, s, z]
         else:
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_q = torch.where(better[..., None], q, best_q)
-            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
-    return pack(best_q.reshape(rows, dim).to(torch.int16), bits), best_s, best_z.to(torch.uint8)
+            better = err < best[0]
+            best = [torch.where(better, err, best[0]), torch.where(better.repeat_interleave(MSE_GROUP, dim=1), q, best[1]),
+                    torch.where(better, s, best[2]), torch.where(better, z, best[3])]
+    _, q, s, z = best
+    return pack(q.to(torch.int16), bits), s.to(torch.float16), z.to(torch.uint8)
 
 
 def quantize_groups_int4(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

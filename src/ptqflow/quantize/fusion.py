@@ -71,12 +71,11 @@ class FusedNorm(nn.Module):
 
     def __init__(self, norm: nn.Module, scale: torch.Tensor, code: str):
         super().__init__()
-        from ..runtimes.norm_codes import OUTPUTS
+        from ..runtimes.gemm8 import OUTPUTS
 
         self.rms, self.eps, self.out = norm_kind(norm) == "rms", float(_eps(norm)), OUTPUTS[code]
         self.weight, self.bias = norm.weight, getattr(norm, "bias", None)
         self.register_buffer("scale", scale.detach().clone().float().reshape(()))
-        self.original = [norm]  # kept out of the module tree: what undoing restores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from ..runtimes.norm_codes import norm_codes

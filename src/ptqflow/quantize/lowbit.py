@@ -87,14 +87,14 @@ class LowBitOptions:
 
 
 # --------------------------------------------------------------------------------------------- formulas (1)-(2)
-def group_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(w: torch.Tensor, bits: int, shrink: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, z) of formula (1) over the last dimension of w (one group: [N, G], or every group: [N, K/G, G]); s already
-    float16-rounded."""
+    float16-rounded. `shrink` < 1 clips the range to [shrink min, shrink max] (embedding.py formula (3))."""
     qmax = 2**bits - 1
     lo, hi = w.amin(dim=-1).clamp(max=0.0), w.amax(dim=-1).clamp(min=0.0)  # the range holds 0: z is a code
-    s = ((hi - lo) / qmax).to(torch.float16).to(torch.float32)
+    s = ((hi - lo) * shrink / qmax).to(torch.float16).to(torch.float32)
     s = torch.where(s > 0, s, torch.ones_like(s))
-    z = torch.clamp(torch.round(-lo / s), 0, qmax)
+    z = torch.clamp(torch.round(-lo * shrink / s), 0, qmax)
     return s, z
 
 
@@ -115,11 +115,12 @@ def _groups(k: int, group_size: int, name: str) -> int:
     return g
 
 
-def rtn(w: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(q [N, K], s [N, K/G], z [N, K/G]) by (1)-(2) group by group."""
+def rtn(w: torch.Tensor, bits: int, group: int, shrink: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q [N, K], s [N, K/G], z [N, K/G]) by (1)-(2) group by group; (1) of the group's range times `shrink` (the
+    clipped ranges of embedding.py's MSE modes; 1: the whole range)."""
     n, k = w.shape
     wg = w.reshape(n, k // group, group)
-    s, z = group_params(wg, bits)
+    s, z = group_params(wg, bits, shrink)
     q = torch.clamp(torch.round(wg / s[..., None]) + z[..., None], 0, 2**bits - 1)
     return q.reshape(n, k), s, z
 
@@ -283,7 +284,7 @@ def quantize(src_dir: Path, out_dir: Path, options: LowBitOptions, calibration: 
     info: dict = {}
     scoring = _scoring(calibration, device) if options.budgeted() else None
     embeddings = options.embeddings
-    fixed = {n: (options.bits, options.method) for n in names} if options.bits != "auto" else {n: (None, options.method) for n in names}
+    fixed = {n: (None if options.bits == "auto" else options.bits, options.method) for n in names}  # None: float, for now
     if embeddings == "auto":  # first: the tables hold the most bytes per point of accuracy they cost
         embeddings, info["embedding_search"] = _embedding_search(model, fixed, encoded, weights, scoring, options)
     if options.bits == "auto":

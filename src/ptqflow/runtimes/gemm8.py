@@ -30,6 +30,7 @@ import torch
 
 ACTIVATIONS = {"none": 0, "gelu_tanh": 1, "gelu_erf": 2}
 OUTPUTS = {"bf16": 0, "fp8": 1, "int8": 2}
+OUT_DTYPES = (torch.bfloat16, torch.float8_e4m3fn, torch.int8)  # by OUTPUTS' number
 E4M3_MAX = 448.0
 
 
@@ -120,11 +121,15 @@ def reference(xq, wq, s_x, s_w, bias, s_out, act: int, out: int) -> torch.Tensor
         z = z * torch.sigmoid(2.0 * 0.7978845608028654 * (z + 0.044715 * z**3))
     elif act == 2:
         z = 0.5 * z * (1.0 + torch.erf(z * 0.7071067811865476))
-    if out == 0:
-        return z.to(torch.bfloat16)
+    return z.to(torch.bfloat16) if out == 0 else codes(z / s_out.double(), out)
+
+
+def codes(y: torch.Tensor, out: int) -> torch.Tensor:
+    """The codes of y (already divided by its scale): e4m3(clamp(y, -448, 448)) for out 1, int8(clamp(round(y), -127,
+    127)) for out 2 (the references' last step, here and in norm_codes.py)."""
     if out == 1:
-        return (z / s_out.double()).clamp(-E4M3_MAX, E4M3_MAX).float().to(torch.float8_e4m3fn)
-    return torch.round(z / s_out.double()).clamp(-127, 127).to(torch.int8)
+        return y.clamp(-E4M3_MAX, E4M3_MAX).float().to(torch.float8_e4m3fn)
+    return torch.round(y).clamp(-127, 127).to(torch.int8)
 
 
 def _launch(xq, wq, s_x, s_w, bias, s_out, act: int, out: int) -> torch.Tensor:
@@ -133,8 +138,7 @@ def _launch(xq, wq, s_x, s_w, bias, s_out, act: int, out: int) -> torch.Tensor:
     triton, kernel = _kernel()
     xq, wq = xq.contiguous(), wq.contiguous()
     (m, k), n = xq.shape, wq.shape[0]
-    dtype = (torch.bfloat16, torch.float8_e4m3fn, torch.int8)[out]
-    y = torch.empty((m, n), device=xq.device, dtype=dtype)
+    y = torch.empty((m, n), device=xq.device, dtype=OUT_DTYPES[out])
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     kernel[grid](xq, wq, y, s_x, s_w, bias, s_out, m, n, k, triton.next_power_of_2(m), xq.stride(0), wq.stride(0), y.stride(0),
                  INT8=xq.dtype == torch.int8, ACT=act, OUT=out)
@@ -163,4 +167,4 @@ def gemm8_fused(xq: torch.Tensor, wq: torch.Tensor, s_x: torch.Tensor, s_w: torc
 
 @gemm8_fused.register_fake
 def _(xq, wq, s_x, s_w, bias, s_out, act, out):
-    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=(torch.bfloat16, torch.float8_e4m3fn, torch.int8)[out])
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=OUT_DTYPES[out])

@@ -18,8 +18,7 @@ import functools
 
 import torch
 
-OUTPUTS = {"fp8": 1, "int8": 2}
-CODE_DTYPES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
+from .gemm8 import OUT_DTYPES, OUTPUTS, codes  # noqa: F401 - OUTPUTS: the same numbering (1 e4m3, 2 int8 codes)
 
 
 @functools.cache
@@ -68,10 +67,7 @@ def reference(x, weight, bias, scale, eps: float, rms: bool, out: int) -> torch.
         centred = xd - xd.mean(-1, keepdim=True)
         y = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
     y = y * weight.double() + (bias.double() if bias is not None else 0.0)
-    y = y / scale.double()
-    if out == 1:
-        return y.clamp(-448.0, 448.0).float().to(torch.float8_e4m3fn)
-    return torch.round(y).clamp(-127, 127).to(torch.int8)
+    return codes(y / scale.double(), out)
 
 
 @torch.library.custom_op("ptqflow::norm_codes", mutates_args=())
@@ -86,7 +82,7 @@ def norm_codes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    y = torch.empty((m, d), device=x.device, dtype=torch.float8_e4m3fn if out == 1 else torch.int8)
+    y = torch.empty((m, d), device=x.device, dtype=OUT_DTYPES[out])
     block_d = triton.next_power_of_2(d)
     rows = max(1, min(16, 4096 // block_d))
     kernel[(triton.cdiv(m, rows),)](x2, weight, bias if bias is not None else weight, scale, y, m, d, x2.stride(0), y.stride(0),
@@ -97,4 +93,4 @@ def norm_codes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 @norm_codes.register_fake
 def _(x, weight, bias, scale, eps, rms, out):
-    return x.new_empty(x.shape, dtype=torch.float8_e4m3fn if out == 1 else torch.int8)
+    return x.new_empty(x.shape, dtype=OUT_DTYPES[out])
