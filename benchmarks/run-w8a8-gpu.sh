@@ -3,6 +3,7 @@
 # repository root. Parts (default: all, in this order):
 #   tests:    the fp8 / int8_static kernel tests (float64 reference, error bounds) on the card
 #   shapes:   per-projection GEMM times, bf16 vs fp8 vs int8 (benchmarks/gemm_shapes.py)
+#   epilogue: the FFN-up product alone: cuBLAS vs the Triton kernels, bare and with GELU + codes (benchmarks/gemm8_epilogue.py)
 #   accuracy: the default pipeline's fine-tuned model (models/finetuned, data/prepared carried from a CPU
 #             `make run`; or $ACC_MODEL, $ACC_DATA) quantized (validation rows calibrate) and scored on the 7,600 test rows by the
 #             pipeline's own stage scripts; McNemar against fp32 by ptqflow.report.compare_all
@@ -22,9 +23,12 @@ A=benchmarks/variants-w8a8-accuracy.yaml
 for part in $PARTS; do
   case $part in
     tests)
-      python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fp8.py tests/test_int8_static.py tests/test_fusion.py 2>&1 | tail -15 | tee "$OUT/tests.txt" ;;
+      timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider -m gpu ${TESTS:-tests/test_fp8.py tests/test_int8_static.py tests/test_fusion.py tests/test_cuda_graph.py} 2>&1 | tail -15 | tee "$OUT/tests.txt" ;;
     shapes)
       timeout 240 python3 benchmarks/gemm_shapes.py --out "$OUT/gemm-shapes.json" | tee "$OUT/gemm-shapes.md" ;;
+    epilogue)
+      TRITON_PRINT_AUTOTUNING=1 timeout ${EPILOGUE_TIMEOUT:-150} python3 benchmarks/gemm8_epilogue.py --out "$OUT/gemm8-epilogue.json" 2>&1 |
+        tee "$OUT/gemm8-epilogue.log" | grep "^|" | tee "$OUT/gemm8-epilogue.md" ;;
     accuracy)
       mkdir -p "$OUT/accuracy/metrics" "$OUT/accuracy/predictions"
       for v in ${ACCURACY_VARIANTS:-fp32 fp16 fp8_static fp8_static_fused fp8_dynamic int8_static int8_static_fused fp8_static_keep_attn_proj}; do

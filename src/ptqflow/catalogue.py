@@ -187,7 +187,7 @@ def scheme_page(name: str, variants: dict[str, dict]) -> str:
            f"- Module: `{module.__name__}`; options: `{scheme.options.__name__}`",
            f"- Calibrates on validation rows: {calibrates}; `compile` applies: {'yes' if scheme.compiles else 'no'}; "
            f"loads outside ptqflow with: {scheme.loader}", "", "## Options", "",
-           "Besides `scheme` and `compile` (`none`, `default`, `max-autotune`, `reduce-overhead`: CUDA graphs, CUDA only).", "",
+           "Besides `scheme` and `compile` (`none`, `default`, `max-autotune`, `reduce-overhead`: CUDA graphs, CUDA only; `cuda-graph`: Inductor + the whole forward as one CUDA graph per input shape, CUDA only).", "",
            "| option | type | default | what it does | accepted |", "|---|---|---|---|---|"]
     for f in fields(scheme.options):
         out.append(f"| `{f['name']}` | {_cell(f['type'])} | `{_cell(f['default'])}` | {_cell(f['doc'])} | {_cell(f['bounds'])} |")

@@ -104,7 +104,10 @@ def model_card(meta: dict, comparison: dict) -> str:
         "",
         f"Scheme `{meta['scheme']}` with options `{meta['options']}`; runs as: {row.get('runtime_dtype')}.",
         *([f"Measured through `torch.compile(mode='{row['compile']}')`: call `model.compile(mode='{row['compile']}')` after "
-           "loading to get the measured speed (the first call compiles)."] if row.get("compile", "none") != "none" else []),
+           "loading to get the measured speed (the first call compiles)."] if row.get("compile", "none") not in ("none", "cuda-graph") else []),
+        *(["Measured as one CUDA graph per input shape: `model = ptqflow.runtimes.cuda_graph.GraphedModel(model)` after "
+           "loading (the first call per shape compiles and captures; call under `torch.inference_mode()`)."]
+          if row.get("compile") == "cuda-graph" else []),
         f"Labels: {', '.join(map(str, meta['labels'] or []))}; inputs truncated to {meta['max_length']} tokens.",
         "",
         "## Load it",

@@ -7,7 +7,9 @@ Adding a scheme is one module with those functions and one line in `quantize/__i
 
 Two things are common to every variant rather than part of a scheme:
 - `compile`: run inference through `torch.compile` (`default`, `max-autotune`, or `reduce-overhead`,
-  which adds CUDA graphs and so needs CUDA); it does not change the artifact.
+  which adds CUDA graphs and so needs CUDA), or `cuda-graph` (Inductor, then the whole forward replayed as one
+  CUDA graph per input shape with no per-call guards: runtimes/cuda_graph.py; CUDA only); it does not change
+  the artifact.
 - where it can run: a scheme's `available(options, device)` returns why it cannot run on a device (a
   CUDA-only kernel on a CPU machine), or None. Such a variant is not quantized or evaluated there: its
   artifact and metrics say `skipped` with the reason, and the report lists it apart. It never falls back
@@ -33,8 +35,8 @@ from .common import runtime_device
 META_FILE = "ptqflow.json"
 
 
-CompileMode = Literal["none", "default", "max-autotune", "reduce-overhead"]
-CUDA_GRAPH_MODES = ("reduce-overhead",)
+CompileMode = Literal["none", "default", "max-autotune", "reduce-overhead", "cuda-graph"]
+CUDA_GRAPH_MODES = ("reduce-overhead", "cuda-graph")
 
 
 def _always(options: Any, device: torch.device) -> str | None:
@@ -104,7 +106,12 @@ def unavailable(variant: str, raw: Any, device: torch.device) -> str | None:
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """Compile the model's forward with `torch.compile(mode=...)` in place (compilation happens on the first call)."""
+    """Compile the model's forward with `torch.compile(mode=...)` in place (compilation happens on the first call);
+    `cuda-graph`: the model wrapped in a `GraphedModel` (compiled, then captured per input shape on first use)."""
+    if mode == "cuda-graph":
+        from ..runtimes.cuda_graph import GraphedModel
+
+        return GraphedModel(model)
     if mode != "none":
         model.compile(mode=mode)
     return model

@@ -15,7 +15,8 @@ it from memory); wq: [N, K] codes with per-output-channel scales s_w [N] (float3
 b [N] (bfloat16). int8 products are accumulated exactly in int32, e4m3 products in float32 on the tensor cores;
 scaling, activation and quantization happen in registers, so neither the accumulator nor the float activation
 is ever written to memory (what `torch._int_mm` / `torch._scaled_mm` followed by separate kernels do: an [M, N]
-write and read per step). Tile sizes are autotuned on first use per (N, K) and M rounded up to a power of two.
+write and read per step). Two kernels (`_kernels`): on Hopper and later a persistent one fed by TMA descriptors, else
+one with pointer loads; tile sizes are autotuned on first use per (N, K) and M rounded up to a power of two.
 
 Registered as custom operators (`ptqflow::int8_gemm_rescale`, `ptqflow::gemm8_fused`) so `torch.compile`
 treats each as one opaque call and CUDA graphs capture it. Needs Triton and a CUDA GPU; `missing()` says why not.
@@ -44,10 +45,45 @@ def missing() -> str | None:
 
 
 @functools.cache
-def _kernel():
+def _kernels():
+    """The two Triton kernels (compiled on first use): `pointer`, for any shape, and `tma`, for Hopper and later
+    when the operands meet the tensor-memory accelerator's alignment (`_tma_ready`): persistent (one program per
+    SM looping over output tiles, so a tile's loads overlap the previous tile's epilogue), operands and result
+    moved by TMA descriptors (no address arithmetic or masks: out-of-range rows and K columns read as zero, stores
+    are clipped)."""
     import triton
     import triton.language as tl
     from triton.language.extra import libdevice
+
+    @triton.jit
+    def tile_of(tile, blocks_m, blocks_n, GROUP_M):
+        """Output tiles in groups of GROUP_M rows of blocks, so that a group's weight columns stay in L2."""
+        group = GROUP_M * blocks_n
+        first_m = (tile // group) * GROUP_M
+        rows = min(blocks_m - first_m, GROUP_M)
+        return first_m + (tile % group) % rows, (tile % group) // rows
+
+    @triton.jit
+    def epilogue(acc, offs_n, N, sx_ptr, sw_ptr, b_ptr, so_ptr, ACT: tl.constexpr, OUT: tl.constexpr):
+        """Formulas (1)-(2) on an accumulator tile, in registers; the result in the output dtype. GELU tanh as
+        z / (1 + 2^(-2 u log2 e)) (= z sigmoid(2u)): one hardware exp2 and one approximate division (2 ulp of
+        float32, far below bf16's or e4m3's rounding), no cancellation for negative z."""
+        inside_n = offs_n < N
+        scale = tl.load(sx_ptr) * tl.load(sw_ptr + offs_n, mask=inside_n, other=0.0)
+        bias = tl.load(b_ptr + offs_n, mask=inside_n, other=0.0).to(tl.float32)
+        z = acc.to(tl.float32) * scale[None, :] + bias[None, :]  # (1)
+        if ACT == 1:
+            u = z + 0.044715 * z * z * z
+            z = tl.fdiv(z, 1.0 + tl.exp2(-2.302208198 * u), ieee_rounding=False)  # 2 sqrt(2/pi) log2(e) = 2.302208
+        elif ACT == 2:
+            z = 0.5 * z * (1.0 + libdevice.erf(z * 0.7071067811865476))
+        if OUT == 0:  # (constexpr branches: one return type per compiled kernel)
+            y = z.to(tl.bfloat16)
+        elif OUT == 1:
+            y = tl.minimum(tl.maximum(z * (1.0 / tl.load(so_ptr)), -448.0), 448.0).to(tl.float8e4nv)
+        else:
+            y = tl.minimum(tl.maximum(libdevice.rint(z * (1.0 / tl.load(so_ptr))), -127.0), 127.0).to(tl.int8)
+        return y
 
     tiles = [(128, 128, 64, 4, 4), (128, 128, 128, 3, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
              (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 64, 128, 4, 4), (64, 256, 128, 3, 8),
@@ -62,13 +98,7 @@ def _kernel():
                      INT8: tl.constexpr, ACT: tl.constexpr, OUT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
-        pid = tl.program_id(0)
-        blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * blocks_n  # tiles visited in groups of GROUP_M rows of blocks: the weights stay in L2
-        first_m = (pid // group) * GROUP_M
-        rows = min(blocks_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % rows
-        pid_n = (pid % group) // rows
+        pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
@@ -91,26 +121,39 @@ def _kernel():
             acc = tl.dot(x, tl.trans(w), acc, out_dtype=tl.int32 if INT8 else tl.float32)  # K-major operands (wgmma)
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
-        inside_n = offs_n < N
-        scale = tl.load(sx_ptr) * tl.load(sw_ptr + offs_n, mask=inside_n, other=0.0)
-        bias = tl.load(b_ptr + offs_n, mask=inside_n, other=0.0).to(tl.float32)
-        z = acc.to(tl.float32) * scale[None, :] + bias[None, :]  # (1)
-        if ACT == 1:
-            u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
-            z = z * tl.sigmoid(2.0 * u)
-        elif ACT == 2:
-            z = 0.5 * z * (1.0 + libdevice.erf(z * 0.7071067811865476))
-        out_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-        if OUT == 0:
-            tl.store(out_ptrs, z.to(tl.bfloat16), mask=in_m & in_n)
-        elif OUT == 1:
-            q = tl.minimum(tl.maximum(z / tl.load(so_ptr), -448.0), 448.0)
-            tl.store(out_ptrs, q.to(tl.float8e4nv), mask=in_m & in_n)
-        else:
-            q = tl.minimum(tl.maximum(libdevice.rint(z / tl.load(so_ptr)), -127.0), 127.0)
-            tl.store(out_ptrs, q.to(tl.int8), mask=in_m & in_n)
+        y = epilogue(acc, offs_n, N, sx_ptr, sw_ptr, b_ptr, so_ptr, ACT, OUT)
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y, mask=in_m & in_n)
 
-    return triton, gemm8_kernel
+    def block_shapes(nargs):  # the descriptors' tile shapes follow the config being tried
+        bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+        nargs["x_desc"].block_shape, nargs["w_desc"].block_shape, nargs["y_desc"].block_shape = [bm, bk], [bn, bk], [bm, bn]
+
+    tma_tiles = [(128, 256, 128, 3, 8), (128, 256, 64, 4, 8), (128, 128, 128, 4, 8), (128, 128, 128, 3, 4),
+                 (128, 128, 64, 5, 4), (64, 128, 128, 4, 4), (64, 256, 128, 3, 4), (128, 64, 128, 4, 4)]
+    tma_configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s, num_warps=w,
+                                 pre_hook=block_shapes) for m, n, k, s, w in tma_tiles]
+
+    @triton.autotune(configs=tma_configs, key=["M_BUCKET", "N", "K", "INT8", "ACT", "OUT"])
+    @triton.jit
+    def gemm8_tma_kernel(x_desc, w_desc, y_desc, sx_ptr, sw_ptr, b_ptr, so_ptr, M, N, K, M_BUCKET,
+                         INT8: tl.constexpr, ACT: tl.constexpr, OUT: tl.constexpr, NUM_SMS: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        k_steps = tl.cdiv(K, BLOCK_K)
+        done = tl.program_id(0) - NUM_SMS  # the epilogue's own tile counter (the loads' runs ahead in the flattened loop)
+        for tile in tl.range(tl.program_id(0), blocks_m * blocks_n, NUM_SMS, flatten=True):
+            pid_m, pid_n = tile_of(tile, blocks_m, blocks_n, GROUP_M)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if INT8 else tl.float32)
+            for k in range(k_steps):
+                x = x_desc.load([pid_m * BLOCK_M, k * BLOCK_K])
+                w = w_desc.load([pid_n * BLOCK_N, k * BLOCK_K])
+                acc = tl.dot(x, w.T, acc, out_dtype=tl.int32 if INT8 else tl.float32)
+            done += NUM_SMS
+            pid_m, pid_n = tile_of(done, blocks_m, blocks_n, GROUP_M)
+            offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], epilogue(acc, offs_n, N, sx_ptr, sw_ptr, b_ptr, so_ptr, ACT, OUT))
+
+    return triton, gemm8_kernel, gemm8_tma_kernel
 
 
 def reference(xq, wq, s_x, s_w, bias, s_out, act: int, out: int) -> torch.Tensor:
@@ -132,16 +175,41 @@ def codes(y: torch.Tensor, out: int) -> torch.Tensor:
     return torch.round(y).clamp(-127, 127).to(torch.int8)
 
 
-def _launch(xq, wq, s_x, s_w, bias, s_out, act: int, out: int) -> torch.Tensor:
+def _tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the TMA kernel can take these operands: a Hopper-or-later GPU, Triton's host tensor descriptors, and
+    row-major 2-d tensors whose rows start on 16-byte boundaries."""
+    if torch.cuda.get_device_capability(tensors[0].device)[0] < 9 or importlib.util.find_spec("triton.tools.tensor_descriptor") is None:
+        return False
+    return all(t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+               for t in tensors)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _launch(xq, wq, s_x, s_w, bias, s_out, act: int, out: int, tma: bool | None = None) -> torch.Tensor:
+    """Run formulas (1)-(2) on the GPU (the float64 reference on CPU tensors). `tma`: None picks the TMA kernel
+    where `_tma_ready`, False forces the pointer kernel (the tests run both)."""
     if not xq.is_cuda:
         return reference(xq, wq, s_x, s_w, bias, s_out, act, out)
-    triton, kernel = _kernel()
+    triton, kernel, tma_kernel = _kernels()
     xq, wq = xq.contiguous(), wq.contiguous()
     (m, k), n = xq.shape, wq.shape[0]
     y = torch.empty((m, n), device=xq.device, dtype=OUT_DTYPES[out])
+    int8, bucket = xq.dtype == torch.int8, triton.next_power_of_2(m)
+    if tma is not False and _tma_ready(xq, wq, y):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        sms = _sm_count(xq.device.index or 0)
+        descs = [TensorDescriptor.from_tensor(t, [64, 64]) for t in (xq, wq, y)]  # tile shapes set per config (pre_hook)
+        grid = lambda meta: (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
+        tma_kernel[grid](*descs, s_x, s_w, bias, s_out, m, n, k, bucket, INT8=int8, ACT=act, OUT=out, NUM_SMS=sms)
+        return y
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    kernel[grid](xq, wq, y, s_x, s_w, bias, s_out, m, n, k, triton.next_power_of_2(m), xq.stride(0), wq.stride(0), y.stride(0),
-                 INT8=xq.dtype == torch.int8, ACT=act, OUT=out)
+    kernel[grid](xq, wq, y, s_x, s_w, bias, s_out, m, n, k, bucket, xq.stride(0), wq.stride(0), y.stride(0),
+                 INT8=int8, ACT=act, OUT=out)
     return y
 
 
