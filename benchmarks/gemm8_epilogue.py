@@ -52,9 +52,9 @@ def main() -> None:
             "cuBLAS bare": cublas,
             "cuBLAS + Inductor GELU + codes": lambda c=cublas, s=s_out: gelu_codes(c(), s),
             "Triton pointer bare": lambda a=(xq, wq, s_x, s_w, bias, s_out): _launch(*a, 0, 0, tma=False),
-            "Triton TMA bare": lambda a=(xq, wq, s_x, s_w, bias, s_out): _launch(*a, 0, 0),
+            "Triton TMA bare": lambda a=(xq, wq, s_x, s_w, bias, s_out): _launch(*a, 0, 0, tma=True),
             "Triton pointer GELU + codes": lambda a=(xq, wq, s_x, s_w, bias, s_out): _launch(*a, 1, 1, tma=False),
-            "Triton TMA GELU + codes": lambda a=(xq, wq, s_x, s_w, bias, s_out): _launch(*a, 1, 1),
+            "Triton TMA GELU + codes": lambda a=(xq, wq, s_x, s_w, bias, s_out): _launch(*a, 1, 1, tma=True),
         }
     graphs = {(key, kind): captured(fn, args.reps) for key, fns in kinds.items() for kind, fn in fns.items()}
     times: dict[tuple, list[float]] = {kk: [] for kk in graphs}
