@@ -87,7 +87,6 @@ def profile(args, out: Path) -> list[str]:
     from ptqflow.benchmark import CALIBRATION_ROWS, build_from_config
     from ptqflow.calibration import random_rows
     from ptqflow.quantize import load_variant, quantize_variant
-    from ptqflow.quantize.registry import compile_model, run_options
 
     every = yaml.safe_load(Path(args.params).read_text())["variants"]
     device = torch.device("cuda")
@@ -99,8 +98,7 @@ def profile(args, out: Path) -> list[str]:
         for name in args.variants.split(","):
             raw = every[name]
             quantize_variant(name, raw, src, Path(tmp) / name, device, calibration=calibration)
-            model, _ = load_variant(name, raw, Path(tmp) / name, device)
-            model = compile_model(model.eval(), run_options(name, raw).compile)
+            model, _ = load_variant(name, raw, Path(tmp) / name, device)  # compiled as the variant says
             fused = getattr(model, "ptqflow_runtime", {}).get("fused")
             for bs in (int(b) for b in args.batch_sizes.split(",")):
                 batch = {k: v.to(device) for k, v in random_batch(bs, args.seq_len, info["vocab_size"]).items()}

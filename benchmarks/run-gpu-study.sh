@@ -28,13 +28,22 @@ stage() {  # one stage script, timed, its console into the log
   python3 "$@" --params "$P" --no-tracking 2>&1 | grep -v "it/s]\|s/it]" | tail -5
   echo "  ($1 ${*:2}: $((SECONDS - t0)) s)"
 }
+variant() {  # quantize@v then evaluate@v, their console into $OUT/logs/v.log
+  { stage stages/quantize.py --variant "$1"; stage stages/evaluate.py --variant "$1"; } > "$OUT/logs/$1.log" 2>&1
+}
+VARIANTS=$(python3 -c "import yaml; print(' '.join(yaml.safe_load(open('$P'))['variants']))")
+mkdir -p "$OUT/logs"
 {
   stage stages/prepare.py
   stage stages/finetune.py
-  for v in $(python3 -c "import yaml; print(' '.join(yaml.safe_load(open('$P'))['variants']))"); do
-    stage stages/quantize.py --variant "$v"
-    stage stages/evaluate.py --variant "$v"
+  # the variants' quantize -> evaluate chains are independent (as under `dvc repro`, which may also run them in
+  # parallel): $JOBS at a time on the one card; their stage times overlap. The benchmark stage then runs alone.
+  for v in $VARIANTS; do
+    while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-4}" ]; do sleep 1; done
+    variant "$v" &
   done
+  wait
+  for v in $VARIANTS; do cat "$OUT/logs/$v.log"; done
   stage stages/benchmark.py
   stage stages/report.py
   stage stages/package.py

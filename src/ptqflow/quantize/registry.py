@@ -111,7 +111,7 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     if mode == "cuda-graph":
         from ..runtimes.cuda_graph import GraphedModel
 
-        return GraphedModel(model)
+        return model if isinstance(model, GraphedModel) else GraphedModel(model)
     if mode != "none":
         model.compile(mode=mode)
     return model

@@ -44,6 +44,8 @@ class GraphedModel(torch.nn.Module):
         return tuple(sorted((k, (tuple(v.shape), v.dtype, v.device)) if isinstance(v, torch.Tensor) else (k, v) for k, v in kwargs.items()))
 
     def forward(self, **kwargs):
+        if torch.compiler.is_compiling():
+            raise RuntimeError("a GraphedModel captures CUDA graphs itself; compile the wrapped model, not the wrapper")
         tensors = [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
         if torch.is_grad_enabled() or not tensors or any(not t.is_cuda for t in tensors):
             raise RuntimeError("compile mode 'cuda-graph' runs inference on CUDA tensors only (no gradients): "
