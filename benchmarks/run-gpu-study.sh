@@ -11,7 +11,8 @@
 # weights (45 MB in half precision) do not fit beside bitsandbytes' 41 MB wheel in one call's 64 MiB.
 # Needs, from the repository root here: wheels in $WHEELS (bitsandbytes, torchao, datasets, dill, multiprocess,
 # xxhash, fsspec; cp312 manylinux), AG News and the GPT-2 tokenizer/config copied to .device/ (data/ag_news,
-# models/gpt2). Writes $OUT: card.txt, log.txt, report.md, comparison.json, benchmark.json, train.json, figures.
+# models/gpt2). Writes $OUT: card.txt, log.txt, report.md, comparison.json, benchmark.json, train.json, figures,
+# logs/<variant>.log (the variant chains run $JOBS at a time, default 4: their stage times overlap).
 set -uo pipefail
 OUT=${OUT:-benchmarks/gpu-study/out}
 WHEELS=${WHEELS:-.whl}

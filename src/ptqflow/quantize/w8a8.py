@@ -126,14 +126,14 @@ def quantize(src_dir: Path, out_dir: Path, options: Any, calibration: Calibratio
                         "input_scale": torch.tensor(max(ranges.get(name, 0.0), 1e-12) / codec.qmax, dtype=torch.float32)}
     save_artifact(model, layers, src_dir, out_dir, options, codec)
     scales = "static calibrated" if is_static(options) else "dynamic per-row"
-    rest = str(rest_dtype(options)).replace("torch.", "")
+    rest = str(rest_dtype(options)).replace("torch.", "") + " elsewhere"
     if getattr(options, "fuse", None):
         rest += "; fused on the GPU (Triton): " + " and ".join(
             {"activation": "GELU + the next projection's codes in the FFN-up GEMM's epilogue",
              "norm": "norms emitting their projections' codes"}[p] for p in options.fuse)
     return {
         "runtime_dtype": f"{codec.label} weights x {codec.label} activations ({scales} scales) in {len(chosen)} "
-                         f"projections, scales in the GEMM epilogue ({codec.kernel(options)}); {rest} elsewhere",
+                         f"projections, scales in the GEMM epilogue ({codec.kernel(options)}); {rest}",
         # the calibrated input range of each projection, largest first: where the outlier dimensions are
         "input_absmax": dict(sorted(((n, round(r, 4)) for n, r in ranges.items()), key=lambda kv: -kv[1])),
         "quantized_modules": len(chosen),
