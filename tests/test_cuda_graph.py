@@ -54,3 +54,13 @@ def test_graph_replay_matches_the_compiled_model(tmp_path):
     assert len(graphed._graphs) == 2
     for got, copy in outs:  # later replays did not overwrite earlier outputs
         assert torch.equal(got, copy)
+
+
+def test_model_card_says_how_the_measured_compile_mode_is_applied():
+    from ptqflow.package import compile_note
+
+    assert compile_note("none", "transformers") == []
+    assert "load_packaged(folder, device='cuda')" in compile_note("cuda-graph", "ptqflow")[0]
+    assert "GraphedModel(model)" in compile_note("cuda-graph", "transformers")[0]
+    assert "model.compile(mode='reduce-overhead')" in compile_note("reduce-overhead", "transformers")[0]
+    assert "CUDA graph" not in compile_note("default", "transformers")[0]

@@ -75,6 +75,21 @@ def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir
     return meta
 
 
+def compile_note(mode: str, loader: str) -> list[str]:
+    """The model card's line on the compile mode it was measured with (none: no line). ptqflow's loader applies
+    the mode itself (registry.compile_model); a model loaded by transformers needs the same call."""
+    if mode == "none":
+        return []
+    first = "the first call per input shape compiles" + (" and captures a CUDA graph" if mode in ("reduce-overhead", "cuda-graph") else "")
+    if loader == "ptqflow":
+        on = "`load_packaged(folder, device='cuda')`" if mode in ("reduce-overhead", "cuda-graph") else "`load_packaged`"
+        return [f"Measured with `compile: {mode}`, which {on} applies ({first})."]
+    if mode == "cuda-graph":
+        return ["Measured as one CUDA graph per input shape: `model = ptqflow.runtimes.cuda_graph.GraphedModel(model)` after "
+                f"loading ({first}; call under `torch.inference_mode()` with the inputs on the GPU)."]
+    return [f"Measured through `torch.compile(mode='{mode}')`: call `model.compile(mode='{mode}')` after loading ({first})."]
+
+
 def model_card(meta: dict, comparison: dict) -> str:
     """The model card: what the model is, how to load it, and the numbers that chose it."""
     from .report import format_table
@@ -103,11 +118,7 @@ def model_card(meta: dict, comparison: dict) -> str:
         f"# {meta['variant']} — the {meta['pick'] if meta['pick'] in PICKS else 'chosen'} acceptable variant",
         "",
         f"Scheme `{meta['scheme']}` with options `{meta['options']}`; runs as: {row.get('runtime_dtype')}.",
-        *([f"Measured through `torch.compile(mode='{row['compile']}')`: call `model.compile(mode='{row['compile']}')` after "
-           "loading to get the measured speed (the first call compiles)."] if row.get("compile", "none") not in ("none", "cuda-graph") else []),
-        *(["Measured as one CUDA graph per input shape: `model = ptqflow.runtimes.cuda_graph.GraphedModel(model)` after "
-           "loading (the first call per shape compiles and captures; call under `torch.inference_mode()`)."]
-          if row.get("compile") == "cuda-graph" else []),
+        *compile_note(row.get("compile", "none"), meta["loader"]),
         f"Labels: {', '.join(map(str, meta['labels'] or []))}; inputs truncated to {meta['max_length']} tokens.",
         "",
         "## Load it",
