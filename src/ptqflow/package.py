@@ -78,11 +78,14 @@ def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir
 def compile_note(mode: str, loader: str) -> list[str]:
     """The model card's line on the compile mode it was measured with (none: no line). ptqflow's loader applies
     the mode itself (registry.compile_model); a model loaded by transformers needs the same call."""
+    from .quantize.registry import CUDA_GRAPH_MODES
+
     if mode == "none":
         return []
-    first = "the first call per input shape compiles" + (" and captures a CUDA graph" if mode in ("reduce-overhead", "cuda-graph") else "")
+    graphs = mode in CUDA_GRAPH_MODES
+    first = "the first call per input shape compiles" + (" and captures a CUDA graph" if graphs else "")
     if loader == "ptqflow":
-        on = "`load_packaged(folder, device='cuda')`" if mode in ("reduce-overhead", "cuda-graph") else "`load_packaged`"
+        on = "`load_packaged(folder, device='cuda')`" if graphs else "`load_packaged`"
         return [f"Measured with `compile: {mode}`, which {on} applies ({first})."]
     if mode == "cuda-graph":
         return ["Measured as one CUDA graph per input shape: `model = ptqflow.runtimes.cuda_graph.GraphedModel(model)` after "

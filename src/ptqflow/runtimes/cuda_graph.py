@@ -3,7 +3,7 @@
 `torch.compile(mode="reduce-overhead")` also replays CUDA graphs, but each call still runs Dynamo's guards (one
 per parameter tensor of the model), the graph tree's input checks and the Python around the compiled region before
 the replay starts; on a GPU that finishes a batch in about a millisecond that host time is a large part of the
-latency (the profile of issue 32: ~0.35 ms per GPT-2 forward on an H200). `GraphedModel` compiles the model with
+latency (GPT-2 124M on an H200: 0.17-0.26 ms of each forward, benchmarks/fused-h200/bench-124m-graphed.md). `GraphedModel` compiles the model with
 Inductor (default mode, no CUDA graphs of its own), runs it a few times on a side stream for each new input
 signature (the shapes, dtypes and non-tensor arguments of a call) and captures one graph; later calls with that
 signature copy their tensors into the graph's static inputs and replay it: the GPU work is the same kernels, the
