@@ -15,14 +15,15 @@ def main() -> None:
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
     from ptqflow.data import headline, prepare
-    from ptqflow.modeling import checked_tokenizer
+    from ptqflow.modeling import checked_tokenizer, trained_labels
 
     params = load_params(args.params)
     data = load_section(DataParams, "data", params)
     model = load_section(ModelParams, "model", params)
     with stage_run("prepare", not args.no_tracking) as run:
         run.log_params({"data": to_dict(data), "model": to_dict(model)})
-        metrics = prepare(data, checked_tokenizer(model, data.max_length), args.out)
+        tokenizer = checked_tokenizer(model, data.max_length)
+        metrics = prepare(data, tokenizer, args.out, trained_labels(model), model.label_map)
         write_json(args.details, metrics)
         write_json(args.metrics, headline(metrics))
         run.log_metrics(metrics["splits"])

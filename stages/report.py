@@ -14,6 +14,7 @@ def main() -> None:
     parser.add_argument("--details-dir", default="reports/eval", help="per-variant details JSON files (evaluate@)")
     parser.add_argument("--predictions-dir", default="plots/predictions", help="per-variant predictions CSV files")
     parser.add_argument("--benchmark", default="reports/benchmark.json", help="interleaved timings (benchmark stage)")
+    parser.add_argument("--train", default="reports/train.json", help="how the model came: trained here or used as given")
     parser.add_argument("--comparison", default="metrics/comparison.json", help="statistics and ratios against the baselines")
     parser.add_argument("--metrics-dir", default="metrics/eval", help="per-variant DVC metrics (the dozen numbers)")
     parser.add_argument("--pareto", default="plots/pareto.csv", help="data of the DVC Pareto plots")
@@ -29,7 +30,7 @@ def main() -> None:
     with stage_run("report", not args.no_tracking) as run:
         run.log_params({"report": to_dict(report), "variants": ",".join(variants)})
         rows = build_report(variants, args.details_dir, args.predictions_dir, args.benchmark, report, args.out, args.figures,
-                            args.comparison, args.metrics_dir, args.pareto, params.get("variant_set"))
+                            args.comparison, args.metrics_dir, args.pareto, params.get("variant_set"), args.train)
         run.log_metrics({r["variant"]: metrics_record(r, report.size_unit) for r in rows})
         for path in (args.out, args.comparison, args.benchmark, args.pareto, *sorted(Path(args.figures).glob("*.png"))):
             run.log_artifact(path)

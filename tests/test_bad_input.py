@@ -48,7 +48,7 @@ def project(tmp_path: Path, train: str | bytes = GOOD_TRAIN, test: str | bytes =
 
 
 DATA_CASES = [
-    ("missing_file", {"train": None}, "no train file"),
+    ("missing_file", {"train": None}, r"no train \(or calibration\) file"),
     ("empty_file", {"train": ""}, "empty file"),
     ("header_only", {"train": "text,label\n"}, "no data rows"),
     ("no_text_column", {"train": "body,label\nhello,1\n"}, "no 'text' column"),

@@ -107,10 +107,21 @@ def test_split_is_stratified_seeded_and_capped():
 
 def test_blank_texts_dropped_and_counted_duplicates_counted():
     train = pd.concat([frame(10), pd.DataFrame({"text": ["", None, "  "], "label": [0, 1, 2]}), frame(1)], ignore_index=True)
-    splits, counts = split_frames({"train": train, "test": frame(2)}, DataParams())
+    splits, counts = split_frames({"train": train, "test": frame(2, 1000)}, DataParams())
     assert counts["dropped_empty_text"]["train"] == 3
     assert counts["duplicate_rows"]["train"] == 4
     assert len(splits["train"]) + len(splits["validation"]) == 44
+
+
+def test_train_rows_that_are_test_rows_are_dropped_and_counted_or_refused():
+    """The scored rows never validate or calibrate: a few shared rows are dropped (and counted); a train file that
+    is mostly the test file is refused."""
+    splits, counts = split_frames({"train": frame(10), "test": frame(2)}, DataParams())
+    assert counts["dropped_test_rows_in_train"] == 8
+    assert not set(splits["train"]["text"]) & set(splits["test"]["text"])
+    assert not set(splits["validation"]["text"]) & set(splits["test"]["text"])
+    with pytest.raises(PtqflowError, match="20 of the 40 train / calibration rows are test rows"):
+        split_frames({"train": frame(10), "test": frame(5)}, DataParams())
 
 
 def test_class_only_in_test_is_refused():

@@ -272,3 +272,18 @@ def test_an_architecture_a_runtime_cannot_take_is_skipped_with_the_reason(tmp_pa
     assert [p.name for p in (tmp_path / variant).iterdir()] == ["ptqflow.json"]
     metrics, predictions = evaluate_variant(variant, raw, tmp_path / variant, tiny_prepared, EvalParams(device="cpu"))
     assert metrics["skipped"] == meta["skipped"] and predictions.empty
+
+
+def test_every_projection_gets_a_named_format_even_when_the_graph_renamed_its_layer():
+    """A fake runtime record: 3 projections, one found by its layer name; the others' MatMuls carry no module
+    name, so their formats come from the unnamed MatMuls' element types (never '?')."""
+    from collections import Counter
+
+    from ptqflow.quantize.ov_weights import projection_formats
+
+    found, counted = projection_formats(("a", "b", "c"), {"a": "u4", "score": "f32"}, Counter({"f32": 2}))
+    assert found == {"a": "u4", "b": "f32", "c": "f32"} and counted == Counter({"u4": 1, "f32": 2})
+    found, counted = projection_formats(("a", "b", "c"), {"a": "u4"}, Counter({"u4": 1, "f32": 1}))
+    assert found["b"] == found["c"] == "unnamed: u4 x1 / f32 x1" and counted == Counter({"u4": 2, "f32": 1})
+    found, counted = projection_formats(("a", "b"), {"a": "u4"}, Counter())
+    assert found["b"] == "no constant weight in the graph" and "?" not in counted

@@ -201,3 +201,53 @@ def test_a_finished_stage_spools_its_run_and_a_detached_flush_writes_it(tmp_path
             "print(json.dumps([len(df), float(df['metrics.accuracy'].iloc[0]), open(p).read()]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 0.25, '{"v": 1}'], out.stderr[-2000:]
+
+
+def test_any_name_becomes_a_valid_mlflow_name():
+    from mlflow.utils.validation import _validate_metric_name
+
+    from ptqflow.tracking import mlflow_key
+
+    odd = ["formats.?.projections", "per_class.Sci/Tech.f1", "a//b", "/lead", "x/./y", "..", "runtime.layers.FullyConnected u8",
+           "名前.ü", "k" * 400, "", "trailing/"]
+    for name in odd:
+        key = mlflow_key(name)
+        _validate_metric_name(key)  # raises MlflowException on a name MLflow refuses
+        assert len(key) <= 250
+    assert mlflow_key("per_class.Sci/Tech.f1") == "per_class.Sci/Tech.f1"  # valid names are kept as they are
+    assert mlflow_key("k" * 400) != mlflow_key("k" * 399 + "j")
+
+
+def test_a_runtime_record_with_odd_names_is_tracked_and_a_failing_store_only_warns(tmp_path, monkeypatch, capsys):
+    """A fake runtime record (a format the code could not name, a class name with a slash, a key over 250
+    characters, two keys that become one) is written to a real MLflow store under valid names; then, with the store
+    failing, the stage still finishes and says so in one warning line."""
+    import mlflow
+
+    from ptqflow import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PTQFLOW_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    record = {"formats": {"?": {"projections": 4}, "u4": {"projections": 12}}, "per_class": {"Sci/Tech": {"f1": 0.5}},
+              "x" * 300: 1, "a?b": 2, "a!b": 3}
+    with tracking.stage_run("report") as run:  # report: written at once, not spooled
+        run.log_metrics(record)
+        run.log_params({"weird key?": "v", "model": {"label_map": {"science/technology ": "Sci/Tech"}}})
+        run.set_tags({"what?": "x"})
+    found = mlflow.search_runs(experiment_names=["ptqflow"], filter_string="tags.stage = 'report'")
+    metrics = {c[len("metrics."):] for c in found.columns if c.startswith("metrics.")}
+    assert {"formats._.projections", "formats.u4.projections", "per_class.Sci/Tech.f1", "a_b"} <= metrics
+    assert len([m for m in metrics if m.startswith("a_b")]) == 2 and any(m.startswith("x" * 200) for m in metrics)
+    assert "params.weird key_" in found.columns and "tags.what_" in found.columns
+    capsys.readouterr()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the store is gone\nsecond line")
+
+    monkeypatch.setattr(tracking, "_write_record", broken)
+    with tracking.stage_run("package") as run:
+        run.log_metrics({"ok": 1})
+        done = True
+    err = capsys.readouterr().err
+    assert done and err.count("warning:") == 1 and "stage package was not written (RuntimeError: the store is gone)" in err

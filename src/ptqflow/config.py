@@ -45,13 +45,27 @@ class DataParams:
 @dataclass
 class ModelParams:
     base: str = "models/base/gpt2"  # tokenizer + architecture config folder (written by `ptqflow assets`)
-    init: Literal["scratch", "pretrained"] = "scratch"
-    pretrained: str = "gpt2"  # Hub id or local folder with weights, used when init = pretrained
+    # scratch: model.base's architecture with fresh weights, trained; pretrained: model.pretrained's weights with a
+    # fresh head, fine-tuned; finetuned: model.pretrained is a trained classifier, used as given (not trained)
+    init: Literal["scratch", "pretrained", "finetuned"] = "scratch"
+    pretrained: str = "gpt2"  # Hub id or local folder with weights, used when init = pretrained or finetuned
     overrides: dict[str, Any] = field(default_factory=dict)  # the architecture's own config fields, init = scratch
+    # init = finetuned: the model's class name -> the data's, where they differ ("science_technology": "Sci/Tech");
+    # names that are equal (ignoring case and spaces) match by themselves
+    label_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key, value in self.overrides.items():  # the fields themselves are checked against the config (modeling.py)
             check(isinstance(value, (int, float, str, bool)), f"model.overrides.{key}", "a number, string or true/false", value)
+        check(not self.label_map or self.init == "finetuned", "model.label_map",
+              "empty unless model.init is finetuned (a trained head's names are matched to the data's)", self.label_map)
+        check(len(set(self.label_map.values())) == len(self.label_map), "model.label_map",
+              "one model class per data class (a value appears twice)", self.label_map)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the `finetune` stage trains (scratch, pretrained) or takes the model as given (finetuned)."""
+        return self.init != "finetuned"
 
 
 @dataclass

@@ -2,11 +2,15 @@
 
 Accepted sources (`data.source` in params.yaml):
 - a local folder with `train.<ext>` and `test.<ext>`, ext one of csv, parquet, jsonl/json, with columns
-  `text` and `label` (label an int id or a class-name string; class names from `classes.txt` when present);
+  `text` and `label` (label an int id or a class-name string; class names from `classes.txt` when present).
+  For a model used as given (`model.init: finetuned`, nothing is trained) a `calibration.<ext>` file can stand
+  in for `train`: the validation split and the calibrating variants' rows come from it, never from `test`;
 - the original 3-column AG News CSV (no header: class 1-4, title, description), text = title + " " + description;
 - a Hugging Face Hub dataset id (for example `fancyzhx/ag_news`), loaded with `datasets.load_dataset`.
 
-Rows whose text is missing or blank are dropped and counted; duplicate rows are kept and counted.
+Rows whose text is missing or blank are dropped and counted; duplicate rows are kept and counted. Rows of the
+train (or calibration) file that also appear in the test file are dropped and counted: the scored rows never
+validate or calibrate. When half or more of them are test rows, the file is refused (it is the test set).
 """
 
 from __future__ import annotations
@@ -23,13 +27,23 @@ from .errors import PtqflowError
 
 SPLITS = ("train", "test")
 EXTENSIONS = (".csv", ".parquet", ".jsonl", ".json")
+STAND_INS = {"train": "calibration"}  # a split file that can take a missing split's place (a model used as given)
 
 
 # ------------------------------------------------------------------------------------------- reading
 def find_split_file(folder: Path, split: str) -> Path:
+    """The file of `split` (train.csv, ...), or of its stand-in (calibration.csv for train) when it has none."""
     found = [folder / f"{split}{ext}" for ext in EXTENSIONS if (folder / f"{split}{ext}").is_file()]
+    stand_in = STAND_INS.get(split)
+    if stand_in:
+        other = [folder / f"{stand_in}{ext}" for ext in EXTENSIONS if (folder / f"{stand_in}{ext}").is_file()]
+        if found and other:
+            raise PtqflowError(f"{folder}: both {found[0].name} and {other[0].name}; keep one (the validation and "
+                               f"calibration rows come from it)")
+        found = found or other
     if not found:
-        raise PtqflowError(f"{folder}: no {split} file ({', '.join(split + e for e in EXTENSIONS)})")
+        names = [split + e for e in EXTENSIONS] + ([stand_in + e for e in EXTENSIONS] if stand_in else [])
+        raise PtqflowError(f"{folder}: no {split}{' (or ' + stand_in + ')' if stand_in else ''} file ({', '.join(names)})")
     if len(found) > 1:
         raise PtqflowError(f"{folder}: several {split} files ({', '.join(p.name for p in found)}); keep one")
     return found[0]
@@ -186,6 +200,19 @@ def _stratify(df: pd.DataFrame) -> pd.Series | None:
     return df["label"] if counts.min() >= 2 else None
 
 
+def without_test_rows(train: pd.DataFrame, test: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The train (or calibration) rows whose texts are not test rows' texts, and how many were dropped. Refused
+    when half or more of them are test rows: the scored rows would validate and calibrate the variants."""
+    texts = [c for c in train.columns if c != "label"]
+    key = lambda df: df[texts].astype(str).agg("\x1f".join, axis=1)  # noqa: E731 - one string per row
+    seen = key(train).isin(set(key(test)))
+    overlap = int(seen.sum())
+    if overlap and overlap * 2 >= len(train):
+        raise PtqflowError(f"{overlap} of the {len(train)} train / calibration rows are test rows: the scored rows cannot "
+                           "also validate or calibrate; give rows the test split does not hold")
+    return train[~seen].reset_index(drop=True), overlap
+
+
 def split_frames(frames: dict[str, pd.DataFrame], params: DataParams) -> tuple[dict[str, pd.DataFrame], dict]:
     """Clean, cap and split: returns {train, validation, test} and counts for reports/data.json."""
     counts: dict = {"dropped_empty_text": {}, "duplicate_rows": {}}
@@ -196,6 +223,7 @@ def split_frames(frames: dict[str, pd.DataFrame], params: DataParams) -> tuple[d
         counts["duplicate_rows"][split] = dups
         if cleaned[split].empty:
             raise PtqflowError(f"{split} split has no rows with text")
+    cleaned["train"], counts["dropped_test_rows_in_train"] = without_test_rows(cleaned["train"], cleaned["test"])
     missing = sorted(set(cleaned["test"]["label"]) - set(cleaned["train"]["label"]))
     if missing:
         raise PtqflowError(f"class id(s) {missing} appear in test but not in train: the model could never predict them")
@@ -237,16 +265,33 @@ def class_counts(splits: dict[str, pd.DataFrame], classes: list[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the stage's job
-def prepare(params: DataParams, tokenizer, out_dir: str | Path) -> dict:
-    """Read `params.source`, split and tokenize it into `out_dir` (atomically); returns the details for reports/data.json."""
+def prepare(params: DataParams, tokenizer, out_dir: str | Path, model_classes: list[str] | None = None,
+            label_map: dict[str, str] | None = None) -> dict:
+    """Read `params.source`, split and tokenize it into `out_dir` (atomically); returns the details for reports/data.json.
+
+    With `model_classes` (a trained head's class names, in output order: a model used as given) the data's classes
+    are matched to them by name (labels.py) and the labels re-encoded in the model's output order; the split itself
+    does not depend on it (it is drawn first)."""
     from .io import atomic_dir, write_json
 
     frames, classes, content_hash = load_source(params.source, params.text_pair)
     splits, counts = split_frames(frames, params)
+    data_classes, mapping = classes, None
+    if model_classes is not None:
+        from . import labels
+
+        order, notes = labels.match(model_classes, classes, label_map)
+        import sys
+
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+        classes, mapping = labels.in_model_order(order, classes), labels.describe(order, model_classes, classes)
+        splits = {name: df.assign(label=labels.relabel(df["label"], order)) for name, df in splits.items()}
     encoded = tokenize(splits, tokenizer, params.max_length, params.text_pair)
     truncated = {n: int(sum(len(x) >= params.max_length for x in ds["input_ids"])) for n, ds in encoded.items()}
     meta = {"classes": classes, "max_length": params.max_length, "source": params.source, "content_hash": content_hash,
-            "text_pair": params.text_pair, "pad_token_id": tokenizer.pad_token_id}
+            "text_pair": params.text_pair, "pad_token_id": tokenizer.pad_token_id,
+            **({"data_classes": data_classes, "label_mapping": mapping} if mapping else {})}
     with atomic_dir(out_dir) as tmp:
         encoded.save_to_disk(str(tmp))
         write_json(tmp / "meta.json", meta)
@@ -255,6 +300,7 @@ def prepare(params: DataParams, tokenizer, out_dir: str | Path) -> dict:
         "text_pair": params.text_pair,
         "content_hash": content_hash,
         "classes": classes,
+        **({"data_classes": data_classes, "label_mapping": mapping} if mapping else {}),
         "splits": class_counts(splits, classes),
         "truncated_to_max_length": truncated,
         **counts,

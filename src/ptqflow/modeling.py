@@ -61,7 +61,7 @@ def load_config(params: ModelParams) -> PretrainedConfig:
     from transformers import AutoConfig
 
     source = params.base if params.init == "scratch" else params.pretrained
-    if params.init == "pretrained" and not Path(source).exists():
+    if params.init != "scratch" and not Path(source).exists():
         from .assets import require_hub
 
         require_hub(f"model.pretrained {source!r}", HUB_HINT.split("; ", 1)[1])
@@ -121,8 +121,8 @@ def check_max_length(config: PretrainedConfig, max_length: int) -> None:
 
 
 def tokenizer_source(params: ModelParams) -> str:
-    """The pretrained model's own tokenizer (init: pretrained), else the one beside the config in model.base."""
-    return params.pretrained if params.init == "pretrained" else params.base
+    """The loaded model's own tokenizer (init: pretrained or finetuned), else the one beside the config in model.base."""
+    return params.base if params.init == "scratch" else params.pretrained
 
 
 def checked_tokenizer(params: ModelParams, max_length: int) -> PreTrainedTokenizerBase:
@@ -152,6 +152,39 @@ def build_model(params: ModelParams, classes: list[str], pad_token_id: int) -> t
         if Path(params.pretrained).exists():
             raise PtqflowError(f"cannot load pretrained weights from {params.pretrained}: {_first_line(exc)}") from None
         raise PtqflowError(f"cannot load pretrained weights {params.pretrained!r}: {HUB_HINT}") from None
+
+
+def trained_labels(params: ModelParams) -> list[str] | None:
+    """A model used as given (init: finetuned): its class names in output order (config.id2label), which the data's
+    are matched to (labels.py). None for a model the `finetune` stage trains (its head takes the data's classes)."""
+    if params.trains:
+        return None
+    from .labels import model_labels
+
+    return model_labels(load_config(params))
+
+
+def load_given(params: ModelParams, pad_token_id: int | None) -> torch.nn.Module:
+    """A trained classifier as it is (init: finetuned): `from_pretrained(model.pretrained)` with its own config and
+    head. A decoder without a pad token id gets the tokenizer's (EOS), the only change, so batches can be padded."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = load_config(params)
+    if config.pad_token_id is None:
+        config.pad_token_id = pad_token_id
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(params.pretrained, config=config,
+                                                                         output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        raise PtqflowError(f"cannot load the trained classifier from {params.pretrained}: {_first_line(exc)}") from None
+    from .structure import of
+
+    head = of(model).head
+    untrained = [k for k in info.get("missing_keys", []) if any(k == h or k.startswith(h + ".") for h in head)]
+    if untrained:
+        raise PtqflowError(f"{params.pretrained} has no trained classification head ({', '.join(sorted(untrained))} not in its "
+                           "weights): model.init: finetuned takes a trained classifier; use model.init: pretrained to fine-tune it")
+    return model
 
 
 def pick_device(requested: str = "auto") -> torch.device:

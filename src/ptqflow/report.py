@@ -291,7 +291,7 @@ def per_class_table(m: dict) -> str:
 def render_markdown(
     details: dict[str, dict], rows: list[dict], params: ReportParams, figures: list[str], bench: dict,
     rec: dict | None = None, skipped: dict[str, str] | None = None, sensitivity_figures: dict[str, str] | None = None,
-    variant_set: str | None = None,
+    variant_set: str | None = None, model: dict | None = None,
 ) -> str:
     base = details[params.baseline]
     env, proto = bench["environment"], bench["protocol"]
@@ -304,6 +304,7 @@ def render_markdown(
         "# Post-training quantization report" + (f" (variant set: {variant_set})" if variant_set else ""),
         "",
         f"Measured {bench.get('date') or '(date not recorded)'}.",
+        *([model_line(model)] if model else []),
         f"Test rows: {base['test_rows']}. Device: {env['device_name']}; torch {env['torch']}, transformers "
         f"{env['transformers']}, bitsandbytes {env['bitsandbytes']}, onnxruntime {env.get('onnxruntime')}, openvino "
         f"{env.get('openvino')}, nncf {env.get('nncf')}. Benchmark date: {bench['date']}.",
@@ -351,6 +352,16 @@ def render_markdown(
         out += [f"## Table {i}: per-class metrics, {name}", "", per_class_table(m), ""]
     out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     return "\n".join(out)
+
+
+def model_line(train: dict) -> str:
+    """The report's sentence on where the model came from (reports/train.json): used as given, or trained here."""
+    if train.get("trained") is False:
+        return (f"Model: {train['how']} ({train['source']}): validation accuracy {train['val_accuracy']:.4f} on "
+                f"{train['validation_rows']} rows; its classes matched to the data's as "
+                + ", ".join(f"{m} = {d}" for m, d in train["label_mapping"].items()) + ".")
+    return (f"Model: fine-tuned here ({train.get('train_rows', '?')} training rows, {len(train.get('epochs', []))} epoch(s), "
+            f"validation accuracy {train['val_accuracy']:.4f}).") if "val_accuracy" in train else ""
 
 
 def _mac_share(m: dict) -> str:
@@ -553,8 +564,10 @@ def build_report(
     metrics_dir: str | Path,
     pareto_path: str | Path,
     variant_set: str | None = None,
+    train_path: str | Path | None = None,
 ) -> list[dict]:
-    """Write the markdown report, the figures, metrics/comparison.json, metrics/eval/ and plots/pareto.csv."""
+    """Write the markdown report, the figures, metrics/comparison.json, metrics/eval/ and plots/pareto.csv.
+    `train_path` (reports/train.json): where the model came from, said in the report's header."""
     details, skipped = split_skipped(collect(variants, details_dir))
     if params.baseline in skipped:
         raise PtqflowError(f"report.baseline {params.baseline!r} was skipped on this machine: {skipped[params.baseline]}")
@@ -602,7 +615,8 @@ def build_report(
                         f"{name}: one projection quantized at a time (validation rows)")
     links = [os.path.relpath(Path(figures_dir) / n, Path(report_path).parent) for n in names]
     sens_links = {n: os.path.relpath(Path(figures_dir) / f"sensitivity_{n}.png", Path(report_path).parent) for n in scored}
-    write_text(report_path, render_markdown(details, rows, params, links, bench, rec, skipped, sens_links, variant_set))
+    model = read_json(train_path) if train_path and Path(train_path).is_file() else None
+    write_text(report_path, render_markdown(details, rows, params, links, bench, rec, skipped, sens_links, variant_set, model))
     return rows
 
 

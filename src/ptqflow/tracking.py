@@ -11,7 +11,10 @@ every workspace of the project (queued experiments run in copies), so parallel e
 The store is SQLite at `<project root>/mlflow.db` as an absolute URI, so runs made by `dvc exp run --temp/
 --queue` (in a copy under `.dvc/tmp/exps/`) land in the project's store too; `MLFLOW_TRACKING_URI` overrides
 it (a tracking server). `PTQFLOW_TRACKING=0` (or --no-tracking on a stage) switches tracking off.
-Numbers logged are the same ones written to metrics/ and reports/.
+Numbers logged are the same ones written to metrics/ and reports/. Every metric, param and tag name goes through
+`mlflow_key` (one place), so a name built from a model's own parts or a runtime's record is valid by construction;
+and tracking never stops a stage: a failure to write a run is one warning line, the stage's outputs and DVC's
+record stand.
 
 Writing a run costs a stage about 2 s (importing MLflow and opening the store), so a finished stage spools
 its run instead (`.ptqflow/mlflow-spool/` under the project root: the record, with its execution and params
@@ -43,6 +46,42 @@ FLUSH_DELAY_S = float(os.environ.get("PTQFLOW_FLUSH_DELAY_S", "20"))  # a spoole
 # runs table (the parent runs and their stage runs), as for classic model development
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 FLUSH_NOW = ("report", "package")  # the last stages: everything spooled is written when they end
+
+
+MAX_KEY = 250  # MLflow's longest metric / param / tag name
+
+
+def mlflow_key(name: Any) -> str:
+    """A name MLflow accepts for a metric, param or tag, from any string: a character other than an ASCII letter,
+    digit, `_ - . : /` or space becomes `_`; an empty, `.` or `..` path segment (a leading or doubled `/`) becomes
+    `_`; a name over 250 characters is cut and ends in a hash of the whole, so that distinct names stay distinct."""
+    import re
+
+    text = re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", str(name))
+    text = "/".join(seg if seg not in ("", ".", "..") else "_" for seg in text.split("/"))
+    if len(text) > MAX_KEY:
+        text = text[: MAX_KEY - 10] + "-" + hashlib.sha256(str(name).encode()).hexdigest()[:9]
+    return text
+
+
+def _keyed(items: dict[str, Any], taken: dict[str, str]) -> dict[str, Any]:
+    """`items` with every name through mlflow_key; two names that would become one keep apart by a hash suffix.
+    `taken` (valid name -> original) is the run's record of names given so far."""
+    out = {}
+    for name, value in items.items():
+        key = mlflow_key(name)
+        if taken.setdefault(key, str(name)) != str(name):
+            key = mlflow_key(f"{key[:MAX_KEY - 10]}-{hashlib.sha256(str(name).encode()).hexdigest()[:9]}")
+            taken[key] = str(name)
+        out[key] = value
+    return out
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (tracking problems: the stage goes on)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def tracking_uri() -> str:
@@ -98,12 +137,13 @@ class _Run:
         self.parent_artifacts: list[tuple[str, str | None]] = []
         self.inputs: list[dict] = []
         self.after: list = []  # callables(run_id, parent_id) run inside the child after it is written
+        self.names: dict[str, str] = {}  # valid MLflow name -> the name the stage gave (mlflow_key)
 
     def log_params(self, params: dict) -> None:
-        self.params.update({k: str(v)[:6000] for k, v in _flatten_params(params).items()})
+        self.params.update(_keyed({k: str(v)[:6000] for k, v in _flatten_params(params).items()}, self.names))
 
     def log_metrics(self, metrics: dict) -> None:
-        self.metrics.update(flatten(metrics))
+        self.metrics.update(_keyed(flatten(metrics), self.names))
 
     def log_artifact(self, path: str | Path) -> None:
         if Path(path).exists():
@@ -117,10 +157,10 @@ class _Run:
     def log_dataset(self, name: str, source: str | Path, digest: str, context: str, tags: dict) -> None:
         """Dataset lineage (`mlflow.log_input`): where the data came from, its content hash, and counts as tags."""
         self.inputs.append({"name": name, "source": str(source), "digest": digest, "context": context,
-                            "tags": {k: str(v) for k, v in tags.items()}})
+                            "tags": _keyed({k: str(v) for k, v in tags.items()}, {})})
 
     def set_tags(self, tags: dict) -> None:
-        self.tags.update({k: str(v) for k, v in tags.items()})
+        self.tags.update(_keyed({k: str(v)[:8000] for k, v in tags.items()}, self.names))
 
     def then(self, fn) -> None:
         self.after.append(fn)
@@ -153,7 +193,8 @@ def parent_params(params_file: str | Path = "params.yaml") -> dict[str, str]:
         params = load_params(params_file)
     except Exception:  # noqa: BLE001 - the stage itself reports a bad params file; the parent just has fewer params
         params = {}
-    return {k: str(v)[:6000] for k, v in _flatten_params({k: params[k] for k in PARENT_SECTIONS if k in params}).items()}
+    flat = _flatten_params({k: params[k] for k in PARENT_SECTIONS if k in params})
+    return _keyed({k: str(v)[:6000] for k, v in flat.items()}, {})
 
 
 def parent_run(client, experiment_id: str, ex: dict, params: dict[str, str]) -> str:
@@ -259,11 +300,19 @@ def _write_spooled(mlflow, client, experiment_id: str, folder: Path, uri: str) -
             continue
         if record["uri"] != uri:
             continue  # another store's (MLFLOW_TRACKING_URI differed): left for a flush against it
-        _write_record(mlflow, client, experiment_id, record)
+        try:
+            _write_record(mlflow, client, experiment_id, record)
+            written += 1
+        except Exception as exc:  # noqa: BLE001 - one bad record must not hold back the others, nor come back forever
+            warn(f"MLflow did not take the spooled run of stage {record.get('name')} ({_one_line(exc)}); dropped")
         path.unlink()
         shutil.rmtree(folder / path.stem, ignore_errors=True)
-        written += 1
     return written
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -334,14 +383,17 @@ def _write(name: str, run: _Run, status: str, started_ms: int) -> None:
     """A finished stage's run: spooled (written within FLUSH_DELAY_S by a detached process), or, for a failed
     stage, the last stages (report, package) and a run with after-callbacks, written now together with
     everything spooled before it."""
-    record = _record(name, run, status, started_ms)
-    if status == "FINISHED" and name not in FLUSH_NOW and not run.after and not run.parent_artifacts:
-        _spool(record)
-        _schedule_flush()
-        return
-    with _store(record["uri"]) as (mlflow, client, experiment_id):
-        _write_spooled(mlflow, client, experiment_id, spool_dir(), record["uri"])  # what earlier stages spooled comes first
-        _write_record(mlflow, client, experiment_id, record, run)
+    try:
+        record = _record(name, run, status, started_ms)
+        if status == "FINISHED" and name not in FLUSH_NOW and not run.after and not run.parent_artifacts:
+            _spool(record)
+            _schedule_flush()
+            return
+        with _store(record["uri"]) as (mlflow, client, experiment_id):
+            _write_spooled(mlflow, client, experiment_id, spool_dir(), record["uri"])  # what earlier stages spooled comes first
+            _write_record(mlflow, client, experiment_id, record, run)
+    except Exception as exc:  # noqa: BLE001 - tracking never stops a stage: its outputs and DVC's record stand
+        warn(f"the MLflow run of stage {name} was not written ({_one_line(exc)}); the stage's outputs stand")
 
 
 @contextlib.contextmanager

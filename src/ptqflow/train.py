@@ -1,4 +1,6 @@
-"""Fine-tune the classifier with the Hugging Face `Trainer` (AdamW, linear warm-up/decay, epoch checkpoints).
+"""Fine-tune the classifier with the Hugging Face `Trainer` (AdamW, linear warm-up/decay, epoch checkpoints), or
+take a trained classifier as given (`model.init: finetuned`): loaded, scored on the validation split, handed on
+unchanged (`take_as_given`). Either way the `finetune` stage writes models/finetuned and reports/train.json.
 
 Multi-GPU comes from the launcher: `torchrun --nproc-per-node N stages/finetune.py` runs the same code
 data-parallel (the Trainer's DDP). `train.batch_size` is per device, so the effective batch is
@@ -21,6 +23,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 
 from .config import ModelParams, TrainParams, to_dict
 from .data import load_prepared
+from .errors import PtqflowError
 from .io import atomic_dir
 from .machine import device_name
 from .modeling import build_model, checked_tokenizer, configure_padding, pick_device
@@ -48,20 +51,9 @@ def finetune(
     freeze(model, model_params, train_params)
     device = pick_device(train_params.device)
     attention = training_attention(model, train_params.attention, device)
-    text_columns = [c for c in ("text", meta.get("text_pair")) if c]
-    if "token_type_ids" in data["train"].column_names and not uses_token_types(model.config):
-        text_columns.append("token_type_ids")  # segments only for architectures that embed them
-
     bf16 = use_bf16(train_params.precision, device)
     args = _training_args(train_params, work_dir, device, bf16)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"].remove_columns(text_columns),
-        eval_dataset=longest_first(data["validation"]).remove_columns(text_columns),
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=_accuracy,
-    )
+    trainer = _trainer(model, tokenizer, data, args)
     checkpoint = _last_checkpoint(work_dir)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -111,6 +103,100 @@ def finetune(
     }
 
 
+def _trainer(model: torch.nn.Module, tokenizer, data, args: TrainingArguments) -> Trainer:
+    """The Trainer over the prepared splits (the text columns dropped; token types only for architectures that
+    embed them), validation rows longest first, batches padded by the collator."""
+    text_columns = [c for c in data["validation"].column_names if c not in ("input_ids", "attention_mask", "labels", "token_type_ids")]
+    if "token_type_ids" in data["validation"].column_names and not uses_token_types(model.config):
+        text_columns.append("token_type_ids")  # segments only for architectures that embed them
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"].remove_columns(text_columns) if "train" in data else None,
+        eval_dataset=longest_first(data["validation"]).remove_columns(text_columns),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        compute_metrics=_accuracy,
+    )
+
+
+GIVEN = "used as given, not trained"
+LEFTOVERS = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")  # not the model
+
+
+def take_as_given(model_params: ModelParams, train_params: TrainParams, prepared_dir: str | Path, out_dir: str | Path,
+                  work_dir: str | Path) -> dict:
+    """`model.init: finetuned`: load the trained classifier in `model.pretrained` as it is, score it on the validation
+    split (the prepared labels are already in its output order: labels.py), stop when that accuracy is not above
+    chance (its labels are then probably mismatched), and hand it on to `out_dir` unchanged: a local folder's files
+    are copied byte for byte (weights, config, tokenizer; training leftovers such as optimizer.pt are not), except
+    config.json when the model had no pad token id (set to the tokenizer's, recorded). Returns reports/train.json."""
+    from . import labels
+    from .modeling import load_given
+
+    data, meta = load_prepared(prepared_dir)
+    mine = labels.model_labels(_config_of(model_params))
+    if meta.get("label_mapping") is None or list(meta["label_mapping"]) != mine:
+        raise PtqflowError(f"{prepared_dir} was not prepared for {model_params.pretrained}'s classes ({', '.join(mine)}): "
+                           "run `dvc repro prepare`")
+    tokenizer = checked_tokenizer(model_params, meta["max_length"])
+    model = load_given(model_params, tokenizer.pad_token_id)
+    changed = [] if model.config.pad_token_id == _config_of(model_params).pad_token_id else [
+        f"config.json: pad_token_id set to {model.config.pad_token_id} (the tokenizer's pad token; the model had none)"]
+    device = pick_device(train_params.device)
+    args = _training_args(train_params, Path(work_dir) / "given", device)
+    start = time.perf_counter()
+    scores = _trainer(model, tokenizer, data, args).evaluate()
+    wall = time.perf_counter() - start
+    val = data["validation"]
+    counts = np.bincount(np.asarray(val["labels"]), minlength=len(meta["classes"])).tolist()
+    above, chance = labels.chance_check(round(scores["eval_accuracy"] * len(val)), len(val), counts)
+    if not above:
+        raise PtqflowError(f"{chance}: the model's labels are probably mismatched with the data's (matched as "
+                           f"{meta['label_mapping']}); give model.label_map, or check model.pretrained and data.source")
+    copied = _hand_on(model_params.pretrained, model, tokenizer, out_dir, bool(changed))
+    shutil.rmtree(Path(work_dir) / "given", ignore_errors=True)
+    return {
+        "trained": False,
+        "how": GIVEN,
+        "source": model_params.pretrained,
+        "files": copied,
+        "changed": changed,
+        "label_mapping": meta["label_mapping"],
+        "chance": chance,
+        "val_accuracy": scores["eval_accuracy"],
+        "val_loss": scores["eval_loss"],
+        "wall_time_s": round(wall, 2),
+        "device": device_name(device),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "train_rows": 0,
+        "validation_rows": len(val),
+        "torch": torch.__version__,
+    }
+
+
+def _config_of(model_params: ModelParams):
+    from .modeling import load_config
+
+    return load_config(model_params)
+
+
+def _hand_on(source: str, model: torch.nn.Module, tokenizer, out_dir: str | Path, config_changed: bool) -> dict[str, str]:
+    """Write the given model to `out_dir`: a local folder's top-level files copied as they are (their sha256
+    returned), config.json saved again only when `config_changed`; a Hub model saved with save_pretrained."""
+    folder = Path(source)
+    with atomic_dir(out_dir) as tmp:
+        if not folder.is_dir():
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        else:
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and path.name not in LEFTOVERS and not path.name.startswith("rng_state"):
+                    shutil.copy2(path, tmp / path.name)
+            if config_changed:
+                model.config.save_pretrained(str(tmp))
+        return {p.name: "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir()) if p.is_file()}
+
+
 def training_attention(model: torch.nn.Module, requested: str, device: torch.device) -> str:
     """Set the attention implementation used while training (`train.attention`; the saved config does not keep it,
     so evaluation and export use the model's default): auto = eager on a CPU, where its backward under bf16
@@ -127,7 +213,6 @@ def freeze(model: torch.nn.Module, model_params: ModelParams, train_params: Trai
     """Keep pretrained parts as loaded: the input (token) embedding table (`freeze_input_embeddings`, auto = when
     the model is pretrained: no gradient or optimizer step for its vocab x width weights) and the first `freeze_layers` transformer layers (no backward
     pass through them either). A scratch model has nothing pretrained to keep: asking is a one-line error."""
-    from .errors import PtqflowError
     from .structure import layers
 
     embeddings = train_params.freeze_input_embeddings

@@ -64,22 +64,53 @@ class OvWeightsOptions(OvOptions):
 LOW = {"u4", "i4", "u3", "i3", "u2", "i2", "u1", "nf4", "f4e2m1"}
 
 
-def weight_formats(model) -> dict[str, str]:
+FLOAT = {"f32", "f16", "bf16"}
+FORMAT_NAMES = {"f32": "f32 (kept in float)", "f16": "f16 (kept in float)", "bf16": "bf16 (kept in float)"}
+
+
+def weight_formats(model) -> tuple[dict[str, str], Counter]:
     """PyTorch module -> the element type of its weight constant in the written model (u4, i4, u8, f32, ...), for
-    every MatMul (projections, head) and Gather (embedding tables) whose weight is a constant."""
-    out: dict[str, str] = {}
+    every MatMul (projections, head) and Gather (embedding tables) whose weight is a constant; and the element
+    types of the MatMuls whose layer name names no module (a transformation renamed them), counted."""
+    named: dict[str, str] = {}
+    unnamed: Counter = Counter()
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind not in ("MatMul", "Gather"):
             continue
         index = 1 if kind == "MatMul" else 0
-        node = ovrt._producers(op, index)[-1]
+        node = ovrt._producers(op, index, depth=10)[-1]
         if node.get_type_name() != "Constant":
             continue
         module = ovrt.module_of(op.get_friendly_name())
         if module:
-            out[module] = node.get_element_type().get_type_name()
-    return out
+            named[module] = node.get_element_type().get_type_name()
+        elif kind == "MatMul":
+            unnamed[node.get_element_type().get_type_name()] += 1
+    return named, unnamed
+
+
+def projection_formats(projections: tuple[str, ...], named: dict[str, str], unnamed: Counter) -> tuple[dict[str, str], Counter]:
+    """({projection: its weight's element type}, {element type: projections}) for every projection. One whose
+    MatMul carries no module name is read from the unnamed MatMuls' element types: when they all have one type,
+    that is its type; otherwise "unnamed: u4 x3 / f32 x1" (the counts still say what the runtime did with them)."""
+    found = {p: named[p] for p in projections if p in named}
+    missing = [p for p in projections if p not in named]
+    counted = Counter(found.values())
+    if missing:
+        pool = +unnamed
+        if len(pool) == 1:
+            (only,) = pool
+            found.update({p: only for p in missing})
+            counted[only] += len(missing)
+        else:
+            label = "unnamed: " + " / ".join(f"{t} x{n}" for t, n in pool.most_common()) if pool else "no constant weight in the graph"
+            found.update({p: label for p in missing})
+            if sum(pool.values()) == len(missing):
+                counted.update(pool)
+            else:
+                counted[label] += len(missing)
+    return {p: found[p] for p in projections}, counted
 
 
 def quantize(src_dir: Path, out_dir: Path, options: OvWeightsOptions, calibration: Calibration | None = None) -> dict:
@@ -110,20 +141,20 @@ def quantize(src_dir: Path, out_dir: Path, options: OvWeightsOptions, calibratio
         compressed = nncf.compress_weights(converted, **kwargs)
     seconds = time.perf_counter() - started
     ovrt.save(compressed, out_dir)
-    formats = weight_formats(compressed)
-    projections = {p: formats.get(p, "?") for p in found.projections}
-    tables = {e: formats.get(e, "?") for e in found.embeddings}
-    counted = Counter(projections.values())
+    formats, unnamed = weight_formats(compressed)
+    projections, counted = projection_formats(found.projections, formats, unnamed)
+    tables = {e: formats.get(e, "no constant weight in the graph") for e in found.embeddings}
     low = sum(n for t, n in counted.items() if t in LOW)
     structure.expect(len(projections), len(found.projections), "projections found in the OpenVINO model", "ov_weights")
     methods = [m for m in ("awq", "scale_estimation", "gptq") if getattr(options, m)] or ["round-to-nearest"]
     group = "per channel" if options.group_size == -1 else f"groups of {options.group_size}"
     return {**info,
             "runtime_dtype": f"{options.mode} weights ({group}, {' + '.join(methods)}) in {low} of {len(projections)} projections, "
-                             f"{', '.join(f'{t} in {n}' for t, n in counted.items() if t not in LOW) or 'none in other formats'}, "
+                             f"{', '.join(f'{FORMAT_NAMES.get(t, t)} in {n}' for t, n in counted.items() if t not in LOW) or 'none in other formats'}, "
                              f"decompressed in the product; activations {options.precision} (OpenVINO CPU)",
             "quantized_modules": low, "weight_formats": {"projections": projections, "embeddings": tables,
-                                                         "head": {h: formats.get(h, "?") for h in found.head}},
+                                                         "head": {h: formats.get(h, "no constant weight in the graph")
+                                                                  for h in found.head}},
             "formats": {t: {"projections": n} for t, n in counted.items()},
             "methods": methods, "compress_seconds": round(seconds, 1),
             "calibration": {"rows": rows, "source": calibration.source} if rows else None}

@@ -136,7 +136,7 @@ def int8_layers(model, compiled) -> dict:
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
-        counts[f"{kind} {info['runtimePrecision'].astype(str) if 'runtimePrecision' in info else '?'}"] += 1
+        counts[f"{kind} {info['runtimePrecision'].astype(str) if 'runtimePrecision' in info else 'unrecorded'}"] += 1
     int8, floating = [], []
     for op in model.get_ordered_ops():
         if op.get_type_name() != "MatMul" or not _has_constant_weight(op):
