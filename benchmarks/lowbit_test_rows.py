@@ -33,7 +33,7 @@ def main() -> None:
     from ptqflow.config import EvalParams, ReportParams
     from ptqflow.evaluate import evaluate_variant
     from ptqflow.quantize import quantize_variant
-    from ptqflow.report import compare_all
+    from ptqflow.comparison import compare_all
     from ptqflow.variant_sets import compose
 
     console.quiet()

@@ -1,4 +1,5 @@
-"""Stage `benchmark`: every runnable variant loaded into one process and timed interleaved -> reports/benchmark.json."""
+"""Stage `benchmark`: every runnable variant loaded into one process and timed interleaved on each traffic profile
+(benchmark.profiles: one text at a time, batches of real rows, the fixed 16 x 128 batch) -> reports/benchmark.json."""
 
 from ptqflow.cli import stage_parser
 from ptqflow.config import BenchmarkParams, ReportParams, load_params, load_section, to_dict
@@ -25,16 +26,25 @@ def main() -> None:
         bench = benchmark_artifacts(variants, args.artifacts, args.data, bench_params, anchor=baseline)
         write_json(args.out, bench)
         run.log_artifact(args.out)
-        bs = bench_params.batch_sizes[0]
-        for name, rec in bench["variants"].items():
-            lat = latency_at(rec, bs)
-            if lat:
-                run.log_metrics({f"{name}.median_ms": lat["median_ms"], f"{name}.p95_ms": lat["p95_ms"]})
+        for profile in bench_params.profiles:
+            for name, rec in bench["variants"].items():
+                lat = latency_at(rec, profile)
+                if lat:
+                    run.log_metrics({f"{name}.{profile}.p50_ms": lat["median_ms"], f"{name}.{profile}.p99_ms": lat["p99_ms"],
+                                     f"{name}.{profile}.rows_per_s": lat["rows_per_s"]})
         run.set_tags({"device": bench["environment"]["device_name"]})
-        timed = {n: latency_at(r, bs) for n, r in bench["variants"].items() if latency_at(r, bs)}
-        print(f"benchmark: {len(timed)} variants timed interleaved, {bench_params.rounds} rounds, batch {bs}, "
-              f"{bench['protocol']['threads']} threads on {bench['environment']['device_name']}: "
-              + ", ".join(f"{n} {lat['median_ms']:.2f} ms" for n, lat in timed.items()))
+        timed = [n for n, r in bench["variants"].items() if r.get("latency")]
+        print(f"benchmark: {len(timed)} variants timed interleaved, {bench_params.rounds} rounds, "
+              f"{bench['protocol']['threads']} threads on {bench['environment']['device_name']}; " + "; ".join(
+                  f"{profile}: " + ", ".join(_figure(n, latency_at(bench["variants"][n], profile)) for n in timed)
+                  for profile in bench_params.profiles))
+
+
+def _figure(name: str, lat: dict) -> str:
+    """'fp32 16.7 ms' (latency profile) or 'fp32 455 rows/s' (throughput profile)."""
+    if lat["paired_on"] == "round_totals_ms":
+        return f"{name} {lat['rows_per_s']:.0f} rows/s"
+    return f"{name} {lat['median_ms']:.2f} ms"
 
 
 if __name__ == "__main__":

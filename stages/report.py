@@ -22,7 +22,8 @@ def main() -> None:
     parser.add_argument("--figures", default="plots/figures", help="figures folder")
     args = parser.parse_args()
     # heavy imports only now, so that --help answers at once
-    from ptqflow.report import build_report, metrics_record
+    from ptqflow.comparison import metrics_record
+    from ptqflow.report import build_report
 
     params = load_params(args.params)
     report = load_section(ReportParams, "report", params)
@@ -40,8 +41,9 @@ def main() -> None:
         from ptqflow.io import read_json
 
         rec = read_json(args.comparison)["recommendation"]  # the table: `ptqflow table` (`make run` ends with it)
+        fastest = ", ".join(f"{v} ({k})" for k, v in rec["fastest_by_profile"].items())
         print(f"report: {len(rows)} variants -> {args.out}; recommended: smallest acceptable {rec['smallest']}, "
-              f"fastest acceptable {rec['fastest']} (Pareto front: {', '.join(rec['pareto_front'])})")
+              f"fastest acceptable {fastest} (Pareto front: {', '.join(rec['pareto_front'])})")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ptqflow.benchmark import Protocol, benchmark_artifacts, run_interleaved, speeds_against
-from ptqflow.config import BenchmarkParams
+from ptqflow.config import BenchmarkParams, ProfileParams
 from ptqflow.quantize import SCHEMES, VariantSkipped, fp32, load_variant, quantize_variant
 from ptqflow.stats import SAME, SLOWER
 
@@ -52,7 +52,9 @@ def test_identical_compute_is_no_measurable_difference_and_more_work_is_slower(a
     quantize_variant("slow", {"scheme": slow_scheme}, artifacts / "fp32", artifacts / "slow", CPU)
     variants = {"fp32": {"scheme": "fp32"}, "int8_scratch": {"scheme": "int8_scratch"}, "slow": {"scheme": slow_scheme},
                 "int4_wo_ao": {"scheme": "torchao", "config": "int4_weight_only", "dtype": "bfloat16"}}
-    params = BenchmarkParams(batch_sizes=[8], rounds=15, warmup=1, iters=4, device="cpu", threads=1)
+    profiles = {"b8": ProfileParams(8, "fixed", "random", 8, 4, "latency"),
+                "stream": ProfileParams(4, "longest", "by_length", 32, 1, "throughput")}
+    params = BenchmarkParams(profiles=profiles, rounds=15, warmup=1, device="cpu", threads=1)
     bench = benchmark_artifacts(variants, artifacts, tiny_prepared, params, anchor="fp32")
     assert "needs CUDA" in bench["variants"]["int4_wo_ao"]["skipped"]
     assert bench["protocol"]["threads"] == 1 and bench["protocol"]["rounds"] == 15
@@ -65,6 +67,15 @@ def test_identical_compute_is_no_measurable_difference_and_more_work_is_slower(a
     assert lo <= 1.0 <= hi or 0.9 <= lo <= hi <= 1.1, same
     slow = speed["slow"]
     assert slow["speed_verdict"] == SLOWER and slow["speedup_ci95"][1] < 1.0 and 0.2 < slow["speedup"] < 0.5, slow
+    # the throughput profile pairs on each round's total over its 32 real rows (8 calls of 4, longest first)
+    stream = speeds_against(bench, "fp32", "stream", adjustment="holm")
+    assert stream["slow"]["speed_verdict"] == SLOWER and 0.2 < stream["slow"]["speedup"] < 0.5, stream["slow"]
+    assert stream["int8_scratch"]["speed_verdict"] == SAME, stream["int8_scratch"]
+    timed = bench["variants"]["fp32"]["latency"]
+    assert [x["profile"] for x in timed] == ["b8", "stream"] and timed[1]["paired_on"] == "round_totals_ms"
+    assert timed[1]["passes"] == 15 * 8 and timed[0]["passes"] == 15 * 4  # every call timed on its own
+    info = bench["protocol"]["profiles"]
+    assert info["b8"]["max_length"] == 32 and info["stream"]["max_length"] is None and info["stream"]["rows"] == 32 and info["stream"]["calls"] == 8
 
 
 def test_a_variant_that_does_not_fit_is_timed_alone_beside_the_anchor(artifacts):
@@ -108,3 +119,21 @@ def test_cuda_timing_and_peak_memory_per_variant(tmp_path):
         rec = bench["variants"][name]
         assert rec["gpu_memory_after_load_bytes"] > 0 and rec["peak_memory"]["bytes"] >= rec["gpu_memory_after_load_bytes"]
     assert bench["protocol"]["timer"] == "cuda events + synchronize"
+
+
+def test_profile_batches_are_real_rows_seeded_grouped_and_padded_as_asked():
+    from ptqflow.batches import profile_batches, tokens
+
+    rows = [[7] * n for n in (5, 30, 12, 8, 21, 3, 17, 9)]
+    online = profile_batches(rows, ProfileParams(1, "longest", "random", 6, 1, "latency"), 0, 32, seed=1)
+    assert len(online) == 6 and all(c["input_ids"].shape[0] == 1 for c in online)
+    assert all(int(c["attention_mask"].sum()) == c["input_ids"].shape[1] for c in online)  # one row: no padding
+    again = profile_batches(rows, ProfileParams(1, "longest", "random", 6, 1, "latency"), 0, 32, seed=1)
+    assert [c["input_ids"].shape[1] for c in online] == [c["input_ids"].shape[1] for c in again]  # seeded
+    bucketed = profile_batches(rows, ProfileParams(3, "longest", "by_length", 8, 1, "throughput"), 0, 32)
+    widths = [c["input_ids"].shape[1] for c in bucketed]
+    assert widths == [30, 12, 5] and [c["input_ids"].shape[0] for c in bucketed] == [3, 3, 2]  # longest first
+    fixed = profile_batches(rows, ProfileParams(4, "fixed", "random", 12, 1, "latency"), 0, 32)
+    assert [tuple(c["input_ids"].shape) for c in fixed] == [(4, 32)] * 3  # 12 of 8 rows: cycled
+    t = tokens(fixed)
+    assert t["rows"] == 12 and 0.0 < t["padding_share"] < 1.0 and tokens(online)["padding_share"] == 0.0

@@ -7,7 +7,7 @@ import pytest
 
 from ptqflow.config import ReportParams
 from ptqflow.figures import plot_metrics, plot_pareto, plot_size_latency
-from ptqflow.report import recommend
+from ptqflow.comparison import recommend
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:

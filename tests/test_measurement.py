@@ -10,7 +10,8 @@ from ptqflow.batches import pad_batch
 from ptqflow.benchmark import Protocol, interleave, latency_summary
 from ptqflow.config import ReportParams
 from ptqflow.evaluate import classification_metrics
-from ptqflow.report import summary_rows, table1
+from ptqflow.comparison import summary_rows
+from ptqflow.report import table1
 from ptqflow.sizes import size_record
 
 from .speed_fixtures import fake_bench
@@ -108,7 +109,7 @@ def test_compression_and_speedup_are_against_the_baseline():
     assert rows[1]["size"] == pytest.approx(1.0)
     text = table1(rows, "MB")
     assert "| Compression | 1.00x | 4.00x |" in text and "Size on disk (MB)" in text
-    assert "| Speedup vs fp32 [95% CI] | 1.00x [1.00, 1.00] | 2.00x [2.00, 2.00] |" in text
+    assert "| `fixed`: speedup vs fp32 [95% CI] | 1.00x [1.00, 1.00] | 2.00x [2.00, 2.00] |" in text
 
 
 def test_half_baseline_auto_is_the_faster_half_precision_cast_here():

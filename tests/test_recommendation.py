@@ -9,7 +9,8 @@ import pytest
 
 from ptqflow.config import ReportParams
 from ptqflow.pareto import pareto_front
-from ptqflow.report import build_report, recommend, summary_rows
+from ptqflow.comparison import recommend, summary_rows
+from ptqflow.report import build_report
 from ptqflow.sizes import size_record
 
 from .speed_fixtures import fake_bench
@@ -137,8 +138,9 @@ def test_report_has_the_pareto_plot_the_recommendation_and_the_skipped_variants(
     assert q8["speedup"] == 1.25 and q8["speedup_ci95"] == [1.25, 1.25] and q8["speed_verdict"] == "faster"
     metrics = {p.stem: json.loads(p.read_text()) for p in out["metrics"].glob("*.json")}
     assert set(metrics) == {"fp32", "q8", "q4"}
-    assert all(len(m) <= 14 and all(isinstance(v, (int, float)) for v in m.values()) for m in metrics.values())
-    assert metrics["q8"]["speedup"] == 1.25 and metrics["q8"]["compression"] == 4.0
+    numbers = lambda m: [x for v in m.values() for x in (v.values() if isinstance(v, dict) else [v])]  # noqa: E731
+    assert all(len(numbers(m)) <= 14 and all(isinstance(v, (int, float)) for v in numbers(m)) for m in metrics.values())
+    assert metrics["q8"]["fixed"] == {"p50_ms": 8.0, "speedup": 1.25} and metrics["q8"]["compression"] == 4.0
     pareto = pd.read_csv(out["pareto.csv"])
     assert list(pareto["variant"]) == ["fp32", "q8", "q4"] and {"accuracy", "latency_ms", "size_MiB"} <= set(pareto.columns)
 
@@ -154,7 +156,7 @@ def test_max_accuracy_drop_is_validated():
 def test_many_variants_are_one_family_for_the_accuracy_verdicts(tmp_path):
     """Ten variants flipping a few answers each way: a raw p just under 0.05 is a chance call among ten, and the
     adjusted p says so (Holm by default; Benjamini-Hochberg as the option); a large real drop stays significant."""
-    from ptqflow.report import compare_all
+    from ptqflow.comparison import compare_all
 
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()
@@ -186,3 +188,33 @@ def test_many_variants_are_one_family_for_the_accuracy_verdicts(tmp_path):
     assert none["lucky"]["significant"]  # what the report said before: one false call
     bh = compare_all(names, pred_dir, ReportParams(multiple_comparisons="bh"))
     assert holm["lucky"]["mcnemar_p_adjusted"] >= bh["lucky"]["mcnemar_p_adjusted"] >= none["lucky"]["mcnemar_p"]
+
+
+def test_each_traffic_profile_gets_its_fastest_and_a_disagreement_is_said():
+    """`a` answers one text fastest, `b` a stream of batches: the recommendation names each per profile, `fastest`
+    is the first profile's, the markdown says that the profiles disagree in one sentence, and the package stage's
+    `fastest:batch` takes `b`."""
+    from ptqflow.package import choose
+    from ptqflow.report import format_table, recommendation_markdown
+
+    details = {n: _metrics(n, size, 0.9) for n, size in (("fp32", 4_000_000), ("a", 1_000_000), ("b", 2_000_000))}
+    bench = fake_bench({}, profiles={"online": {"fp32": 10.0, "a": 4.0, "b": 8.0},
+                                     "batch": {"fp32": 100.0, "a": 60.0, "b": 40.0}})
+    params = ReportParams()
+    rows = summary_rows(details, params, bench)
+    rec = recommend(rows, params)
+    assert rec["fastest_by_profile"] == {"online": "a", "batch": "b"} and rec["fastest"] == "a"
+    assert rec["primary_profile"] == "online" and rows[2]["profiles"]["batch"]["speedup"] == 2.5
+    text = recommendation_markdown(rec, rows, params)
+    assert "Fastest acceptable for `online`: `a`" in text and "Fastest acceptable for `batch`: `b`" in text
+    assert text.count("The profiles disagree") == 1 and "`a` is fastest for `online`; `b` is fastest for `batch`" in text
+    table = format_table(rows, "MiB")
+    assert table.splitlines()[0].count("|") == 11 and "online: p50, vs fp32 [95% CI]" in table
+    assert "batch: rows/s" in table and "2.50x [2.50, 2.50]" in table
+    comparison = {"recommendation": rec, "variants": {r["variant"]: r for r in rows}}
+    assert choose(comparison, "fastest:batch") == ("b", "batch") and choose(comparison, "fastest") == ("a", "online")
+    assert choose(comparison, "smallest") == ("a", None)
+    from ptqflow.errors import PtqflowError
+
+    with pytest.raises(PtqflowError, match="no profile 'bulk'"):
+        choose(comparison, "fastest:bulk")

@@ -39,7 +39,7 @@ def test_budget_keeps_the_most_sensitive_projections_until_the_validation_drop_f
     model, _ = load_variant("b", raw, tmp_path / "b", CPU)
     assert model.ptqflow_runtime["w8a8_layers"] == 8 - budget["k"]
     assert budget["seconds"] > 0
-    from ptqflow.report import budget_rows
+    from ptqflow.sensitivity_report import budget_rows
 
     nncf = {"mac_share_8bit": 0.5, "search_seconds": 31.0, "accuracy_control": {"max_drop": 0.005, "validation_rows": 878,
                                                                                "reverted_to_float": ["a", "b"]}}
@@ -137,7 +137,7 @@ def test_the_size_search_picks_the_fewest_embedding_bits_that_fit(tmp_path, tiny
     chosen = meta["embedding_search"]["chosen"]
     assert meta["embeddings"] == (chosen or "keep") and (chosen is None or meta["embedding_search"]["tried"][-1]["bound"] <= 0.0)
     assert weights_bytes(tmp_path / "s") < weights_bytes(tmp_path / "z") or meta["embeddings"] == "int2"
-    from ptqflow.report import budget_rows
+    from ptqflow.sensitivity_report import budget_rows
 
     row = budget_rows({"z": {"quantization": meta}})[0]
     assert row.startswith("| `z` | ptqflow size search") and "| 0.00 | 48 |" in row

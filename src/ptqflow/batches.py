@@ -61,3 +61,40 @@ def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) 
 def cycled_rows(rows: list[list[int]], n: int) -> list[list[int]]:
     """The first `n` rows, cycling when there are fewer."""
     return [rows[i % len(rows)] for i in range(n)]
+
+
+def profile_batches(
+    rows: list[list[int]], profile, pad_id: int, max_length: int, seed: int = 0, token_types: list[list[int]] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """The calls of one traffic profile (config.ProfileParams) over real rows: `profile.rows` rows drawn from `rows`
+    with a seeded generator (the same rows in every run; cycled when there are fewer), grouped into calls of
+    `profile.batch_size` as they come (`order: random`, a server's arrival order) or longest first (`by_length`,
+    length-bucketed as a batching server or an offline job forms them), each call padded to its own longest row
+    (`padding: longest`; one row: no padding) or to `max_length` (`fixed`, the 16 x 128 protocol of published
+    figures)."""
+    import numpy as np
+
+    gen = np.random.default_rng(seed)
+    picked = gen.permutation(len(rows))[: profile.rows].tolist()
+    picked += [picked[i % len(picked)] for i in range(profile.rows - len(picked))]
+    if profile.order == "by_length":
+        picked.sort(key=lambda i: -len(rows[i]))
+    length = max_length if profile.padding == "fixed" else None
+    calls = []
+    for start in range(0, len(picked), profile.batch_size):
+        chunk = picked[start : start + profile.batch_size]
+        calls.append(pad_batch([rows[i] for i in chunk], pad_id, length,
+                               [token_types[i] for i in chunk] if token_types is not None else None))
+    return calls
+
+
+def tokens(calls: list[dict[str, torch.Tensor]]) -> dict:
+    """What a profile's calls hold: rows, real tokens per row (mean, median, p95), and the share of computed
+    positions that are padding."""
+    import numpy as np
+
+    real = np.concatenate([c["attention_mask"].sum(1).numpy() for c in calls])
+    computed = sum(int(c["attention_mask"].numel()) for c in calls)
+    return {"calls": len(calls), "rows": int(real.size), "tokens_mean": round(float(real.mean()), 1),
+            "tokens_median": float(np.median(real)), "tokens_p95": float(np.percentile(real, 95)),
+            "padding_share": round(1 - float(real.sum()) / computed, 3)}

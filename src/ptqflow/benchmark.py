@@ -4,15 +4,19 @@ Protocol (the same for the `benchmark` stage and `ptqflow bench`):
 1. Load every runnable variant. A variant that cannot run here is recorded as skipped, with the reason. A
    variant that does not fit beside the others (out of memory on load) is timed later, alone beside the
    anchor variant (the report's baseline), and labelled so.
-2. First call: each variant runs the batch of each batch size once, timed on its own (`first_call_ms`); for a
+2. First call: each variant runs the first call of each workload once, timed on its own (`first_call_ms`); for a
    `torch.compile` variant this is where compilation happens, so it is kept apart from the latency.
 3. R rounds; each round visits every variant once, in a fresh random order drawn from a seeded generator;
-   a visit is `warmup` untimed passes and then `iters` timed forward passes of the same padded batch, under
-   `torch.inference_mode()`. CPU: `time.perf_counter` around each pass, at a thread count fixed for the whole
-   run and recorded. CUDA: CUDA events around each pass and a synchronize before reading them.
-4. Per variant and batch size: median, p95 and IQR (q75 - q25) over all R x iters timed passes, and the
-   per-round medians, from which the paired speedup against any other variant is computed (stats.py:
-   ratio per round, median over rounds, bootstrap 95% interval over rounds).
+   a visit is, per workload, `warmup` untimed calls and then `passes` timed passes over the workload's calls,
+   each call timed on its own, under `torch.inference_mode()`. CPU: `time.perf_counter` around each call, at a
+   thread count fixed for the whole run and recorded. CUDA: CUDA events around each call and a synchronize
+   before reading them.
+   A workload is a traffic profile of the pipeline (batches.profile_batches: real test rows at real lengths,
+   one at a time or in batches) or, for `ptqflow bench`, one fixed batch per batch size timed `iters` times.
+4. Per variant and workload: median, p95, p99 and IQR over all timed calls, the rows per second over all of them,
+   and per round the median call and the total time. The paired speedup against any other variant (stats.py:
+   ratio per round, median over rounds, bootstrap 95% interval over rounds) pairs on the per-round median call
+   for a latency profile, on the per-round total (throughput) for a throughput profile.
 Peak memory per variant is measured where it does not mix variants: on CUDA, the bytes its load added plus
 the most its passes allocated above what was allocated before them (`max_memory_allocated` reset around each
 visit). On CPU one process holds every variant, so its peak resident set cannot be attributed to one: said so.
@@ -51,24 +55,34 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def latency_summary(rounds_ms: list[list[float]], batch_size: int) -> dict:
-    """Median, p95, IQR, min, max over every timed pass of every round, and each round's median."""
+def latency_summary(rounds_ms: list[list[float]], batch_size: int | None, rows_per_round: int | None = None,
+                    profile: str | None = None, statistic: str = "latency") -> dict:
+    """Median, p95, p99, IQR, min, max over every timed call of every round; each round's median call and total
+    time; rows per second over all rounds (`rows_per_round` rows timed per round). A profile's record names it,
+    and which per-round series its speedups pair on (`paired_on`)."""
     flat = [t for r in rounds_ms for t in r]
     median = statistics.median(flat)
     q25, q75 = _percentile(flat, 25), _percentile(flat, 75)
-    return {
-        "batch_size": int(batch_size),
+    rows = rows_per_round if rows_per_round is not None else (batch_size or 1) * len(rounds_ms[0])
+    out = {
+        **({"profile": profile} if profile is not None else {}),
+        "batch_size": int(batch_size) if batch_size is not None else None,
         "median_ms": round(median, 4),
         "p95_ms": round(_percentile(flat, 95), 4),
+        "p99_ms": round(_percentile(flat, 99), 4),
         "iqr_ms": round(q75 - q25, 4),
         "q25_ms": round(q25, 4),
         "q75_ms": round(q75, 4),
         "min_ms": round(min(flat), 4),
         "max_ms": round(max(flat), 4),
         "passes": len(flat),
-        "throughput_samples_per_s": round(batch_size / (median / 1000.0), 2),
+        "throughput_samples_per_s": round((batch_size or 1) / (median / 1000.0), 2),
+        "rows_per_s": round(rows * len(rounds_ms) / (sum(flat) / 1000.0), 2),
         "round_medians_ms": [round(statistics.median(r), 4) for r in rounds_ms],
+        "round_totals_ms": [round(sum(r), 4) for r in rounds_ms],
+        "paired_on": "round_totals_ms" if statistic == "throughput" else "round_medians_ms",
     }
+    return out
 
 
 def _timed_passes(model: torch.nn.Module, batch: dict, n: int, device: torch.device) -> list[float]:
@@ -100,38 +114,71 @@ def _first_call_ms(model: torch.nn.Module, batch: dict, device: torch.device) ->
     return round((time.perf_counter() - t0) * 1000.0, 2)
 
 
+@dataclass
+class Workload:
+    """What one visit runs: the calls (input batches) timed one by one, `passes` times; `rows` per pass; what
+    its speedups pair on (`statistic`: latency or throughput); the `profile` name, if it is one."""
+
+    calls: list[dict]
+    passes: int
+    statistic: str = "latency"
+    profile: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(int(c["input_ids"].shape[0]) for c in self.calls)
+
+    @property
+    def batch_size(self) -> int | None:
+        sizes = {int(c["input_ids"].shape[0]) for c in self.calls}
+        return max(sizes) if sizes else None
+
+
+def fixed_workloads(batches: dict[int, dict], iters: int) -> dict[int, Workload]:
+    """`ptqflow bench`'s workloads: one fixed batch per batch size, timed `iters` times per visit."""
+    return {bs: Workload([b], iters) for bs, b in batches.items()}
+
+
 @torch.inference_mode()
 def interleave(
-    models: dict[str, torch.nn.Module], batches: dict[int, dict], protocol: Protocol, device: torch.device,
-    desc: str = "benchmark",
+    models: dict[str, torch.nn.Module], workloads: dict, protocol: Protocol, device: torch.device, desc: str = "benchmark",
 ) -> dict[str, dict]:
-    """Steps 2-4 of the protocol for the loaded `models`; {variant: {first_call_ms, latency, peak memory}}."""
-    batches = {bs: {k: v.to(device) for k, v in b.items()} for bs, b in batches.items()}
+    """Steps 2-4 of the protocol for the loaded `models`; {variant: {first_call_ms, latency, peak memory}}.
+    `workloads`: {key: Workload}, or {batch size: one batch} (timed `protocol.iters` times per visit)."""
+    loads = {k: w if isinstance(w, Workload) else Workload([w], protocol.iters) for k, w in workloads.items()}
+    loads = {k: Workload([{n: t.to(device) for n, t in c.items()} for c in w.calls], w.passes, w.statistic, w.profile)
+             for k, w in loads.items()}
     names = list(models)
     out: dict[str, dict] = {n: {"first_call_ms": {}, "visit_peak_bytes": 0} for n in names}
     for name in names:
-        for bs, batch in batches.items():
-            out[name]["first_call_ms"][str(bs)] = _first_call_ms(models[name], batch, device)
-    times = {n: {bs: [] for bs in batches} for n in names}
+        for key, load in loads.items():
+            out[name]["first_call_ms"][str(key)] = _first_call_ms(models[name], load.calls[0], device)
+    times = {n: {key: [] for key in loads} for n in names}
     rng = np.random.default_rng(protocol.seed)
-    bar = tqdm(total=protocol.rounds * len(names) * len(batches), desc=desc, unit="visit")
+    bar = tqdm(total=protocol.rounds * len(names) * len(loads), desc=desc, unit="visit")
     for _ in range(protocol.rounds):
         for i in rng.permutation(len(names)):
             name = names[i]
-            for bs, batch in batches.items():
+            for key, load in loads.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                     torch.cuda.reset_peak_memory_stats(device)
                     before = torch.cuda.memory_allocated(device)
-                _timed_passes(models[name], batch, protocol.warmup, device)
-                times[name][bs].append(_timed_passes(models[name], batch, protocol.iters, device))
+                for w in range(protocol.warmup):
+                    _timed_passes(models[name], load.calls[w % len(load.calls)], 1, device)
+                visit = []
+                for _ in range(load.passes):
+                    for call in load.calls:
+                        visit += _timed_passes(models[name], call, 1, device)
+                times[name][key].append(visit)
                 if device.type == "cuda":
                     extra = torch.cuda.max_memory_allocated(device) - before
                     out[name]["visit_peak_bytes"] = max(out[name]["visit_peak_bytes"], int(extra))
                 bar.update(1)
     bar.close()
     for name in names:
-        out[name]["latency"] = [latency_summary(times[name][bs], bs) for bs in batches]
+        out[name]["latency"] = [latency_summary(times[name][key], load.batch_size, load.rows * load.passes, load.profile,
+                                                load.statistic) for key, load in loads.items()]
     return out
 
 
@@ -206,11 +253,15 @@ def run_interleaved(
             records[name]["anchor_latency"] = pair[anchor]["latency"]
             del model
             gc.collect()
+    first = next(iter(batches.values()))
+    first = first.calls[0] if isinstance(first, Workload) else first
+    fixed = all(not isinstance(w, Workload) or w.profile is None for w in batches.values())
     return {
         "environment": environment(device),
         "command": command_line(),
         "date": time.strftime("%Y-%m-%d"),
-        "protocol": {**asdict(protocol), "batch_sizes": list(batches), "seq_len": int(next(iter(batches.values()))["input_ids"].shape[1]),
+        "protocol": {**asdict(protocol), "workloads": list(batches),
+                     **({"batch_sizes": list(batches), "seq_len": int(first["input_ids"].shape[1])} if fixed else {}),
                      "order": "every round visits every variant once, in a fresh random order (numpy default_rng(seed))",
                      "timer": "cuda events + synchronize" if device.type == "cuda" else "time.perf_counter",
                      "threads": torch.get_num_threads(), "anchor": anchor},
@@ -237,20 +288,28 @@ def fix_threads(threads: int | None, device: torch.device) -> int:
 
 
 # --------------------------------------------------------------------------------------- speed stats
-def speeds_against(bench: dict, baseline: str, batch_size: int | None = None, resamples: int = 2000, seed: int = 0,
+def default_key(bench: dict):
+    """The workload the single-speed figures use: the first profile (or batch size) of the run."""
+    proto = bench["protocol"]
+    return (proto.get("workloads") or proto["batch_sizes"])[0]
+
+
+def speeds_against(bench: dict, baseline: str, key=None, resamples: int = 2000, seed: int = 0,
                    equivalence: float = 0.05, alpha: float = 0.05, adjustment: str = "none") -> dict[str, dict]:
-    """{variant: {speedup, speedup_ci95, speed_verdict, rounds, ...}} against `baseline` at `batch_size` (default:
-    the first), paired by round (stats.paired_speedup). A variant timed alone is paired with the anchor's
-    rounds beside it; variants without timings are left out. With `adjustment` other than none, each verdict
-    uses the simultaneous interval of the family of variants timed against `baseline` (stats.simultaneous_level)."""
+    """{variant: {speedup, speedup_ci95, speed_verdict, rounds, ...}} against `baseline` for workload `key` (a
+    profile name or batch size; default: the first), paired by round (stats.paired_speedup) on the series the
+    workload names (`paired_on`: the per-round median call, or the per-round total for a throughput profile). A
+    variant timed alone is paired with the anchor's rounds beside it; variants without timings are left out.
+    With `adjustment` other than none, each verdict uses the simultaneous interval of the family of variants timed
+    against `baseline` (stats.simultaneous_level)."""
     from .stats import paired_speedup
 
     records = bench["variants"]
-    bs = batch_size or bench["protocol"]["batch_sizes"][0]
+    key = default_key(bench) if key is None else key
 
-    def rounds(record: dict, key: str = "latency") -> list[float] | None:
-        lat = latency_at(record, bs, key)
-        return lat["round_medians_ms"] if lat else None
+    def rounds(record: dict, field: str = "latency") -> list[float] | None:
+        lat = latency_at(record, key, field)
+        return lat[lat.get("paired_on", "round_medians_ms")] if lat else None
 
     base = rounds(records.get(baseline, {}))
     if base is None:
@@ -271,16 +330,17 @@ def speeds_against(bench: dict, baseline: str, batch_size: int | None = None, re
             for name, (ref, mine) in pairs.items()}
 
 
-def latency_at(record: dict, batch_size: int, key: str = "latency") -> dict | None:
-    """The summary of `record`'s timed passes at `batch_size` (None when it was not timed)."""
-    hit = [x for x in record.get(key, []) if x["batch_size"] == batch_size]
+def latency_at(record: dict, key, field: str = "latency") -> dict | None:
+    """The summary of `record`'s timed calls for workload `key`: a profile name, or a batch size (`ptqflow bench`,
+    and benchmark files written before profiles). None when it was not timed."""
+    hit = [x for x in record.get(field, []) if (x["profile"] if "profile" in x else x["batch_size"]) == key]
     return hit[0] if hit else None
 
 
-def fastest_half(bench: dict, candidates: list[str], batch_size: int | None = None) -> str | None:
+def fastest_half(bench: dict, candidates: list[str], key=None) -> str | None:
     """Of `candidates` (half-precision casts), the one with the lowest median latency on this machine."""
-    bs = batch_size or bench["protocol"]["batch_sizes"][0]
-    timed = [(latency_at(bench["variants"].get(c, {}), bs), c) for c in candidates]
+    key = default_key(bench) if key is None else key
+    timed = [(latency_at(bench["variants"].get(c, {}), key), c) for c in candidates]
     timed = [(lat["median_ms"], c) for lat, c in timed if lat]
     return min(timed)[1] if timed else None
 
@@ -288,24 +348,32 @@ def fastest_half(bench: dict, candidates: list[str], batch_size: int | None = No
 # ---------------------------------------------------------------------------------- pipeline + bench
 def benchmark_artifacts(variants: dict[str, dict], artifacts_dir: str | Path, prepared_dir: str | Path, params,
                         anchor: str) -> dict:
-    """The `benchmark` stage: every variant's artifact from `quantize@`, batches of real test rows padded to
-    `data.max_length`, the interleaved protocol with `params` (config.BenchmarkParams)."""
-    from .batches import cycled_rows, pad_batch
+    """The `benchmark` stage: every variant's artifact from `quantize@`, timed interleaved on each traffic profile
+    of `params` (config.BenchmarkParams): real test rows at real lengths (batches.profile_batches)."""
+    from .batches import profile_batches, tokens
     from .data import load_prepared
     from .modeling import pick_device
 
     device = pick_device(params.device)
     fix_threads(params.threads, device)
     data, meta = load_prepared(prepared_dir)
-    rows = data["test"]["input_ids"]
+    rows = list(data["test"]["input_ids"])
     loaders = {name: _artifact_loader(name, raw, Path(artifacts_dir) / name, device) for name, raw in variants.items()}
     config = _artifact_config(Path(artifacts_dir), variants)
     pad_id = meta.get("pad_token_id", config.get("pad_token_id")) or 0
-    types = data["test"]["token_type_ids"] if "token_type_ids" in data["test"].column_names and config.get("type_vocab_size") else None
-    batches = {bs: pad_batch(cycled_rows(rows, bs), pad_id, meta["max_length"], cycled_rows(types, bs) if types else None)
-               for bs in params.batch_sizes}
-    protocol = Protocol(params.rounds, params.warmup, params.iters, params.seed)
-    return run_interleaved(loaders, batches, protocol, device, anchor=anchor, describe=_describe)
+    types = (list(data["test"]["token_type_ids"]) if "token_type_ids" in data["test"].column_names and config.get("type_vocab_size")
+             else None)
+    workloads = {name: Workload(profile_batches(rows, p, pad_id, meta["max_length"], params.seed, types), p.passes,
+                                p.statistic, name)
+                 for name, p in params.profiles.items()}
+    protocol = Protocol(params.rounds, params.warmup, 1, params.seed)
+    bench = run_interleaved(loaders, workloads, protocol, device, anchor=anchor, describe=_describe)
+    from dataclasses import asdict as fields
+
+    bench["protocol"]["profiles"] = {name: {**fields(p), **tokens(workloads[name].calls),
+                                            "max_length": meta["max_length"] if p.padding == "fixed" else None}
+                                     for name, p in params.profiles.items()}
+    return bench
 
 
 def _artifact_loader(name: str, raw: dict, art: Path, device: torch.device) -> Callable[[], tuple[torch.nn.Module, dict]]:
@@ -392,7 +460,7 @@ def run_bench(
         root = Path(artifacts_dir) if artifacts_dir else Path(tmp)
         loaders = {name: _artifact_loader(name, raw, root / name, device) for name, raw in variants.items()}
         vocab = int(_artifact_config(root, variants).get("vocab_size", 50257))
-        batches = {bs: random_batch(bs, seq_len, vocab) for bs in batch_sizes}
+        batches = fixed_workloads({bs: random_batch(bs, seq_len, vocab) for bs in batch_sizes}, protocol.iters)
 
         def describe(name, model, meta):
             return {**_describe(name, model, meta), "size_on_disk": size_record(weights_bytes(root / name))}
@@ -419,7 +487,7 @@ def add_speeds(bench: dict, baseline: str, half: str | None, adjustment: str = "
     """Write `speedup`, `speedup_ci95`, `speed_verdict` (and the same against `half`) into every timed batch
     of every variant: the fields the pipeline's comparison.json carries. Verdicts use the simultaneous interval
     of the variants timed (stats.simultaneous_level), as the report's do."""
-    for bs in bench["protocol"]["batch_sizes"]:
+    for bs in bench["protocol"].get("workloads") or bench["protocol"]["batch_sizes"]:
         for ref, suffix in ((baseline, ""), (half, "_vs_half")):
             if not ref:
                 continue

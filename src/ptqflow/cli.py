@@ -130,7 +130,15 @@ def _table(args: argparse.Namespace) -> None:
     print(f"variant set: {comparison.get('variant_set') or 'not named'}; measured {measured.get('date') or '(date not recorded)'} "
           f"on {measured.get('device') or comparison.get('device')}")
     print(format_table(list(comparison["variants"].values()), report.size_unit, comparison["baseline"]))
-    print(f"speed: interleaved benchmark on {comparison.get('device')}, batch {comparison.get('batch_size')}")
+    profiles = comparison.get("profiles") or {}
+    what = ("; ".join(f"{k}: " + ("one row per call" if p["batch_size"] == 1 else f"calls of {p['batch_size']}")
+                      + f", {p['statistic']}" for k, p in profiles.items()) if profiles else f"batch {comparison.get('batch_size')}")
+    print(f"speed: interleaved benchmark on {comparison.get('device')} ({what})")
+    rec = comparison.get("recommendation") or {}
+    if rec:
+        fastest = rec.get("fastest_by_profile") or {"": rec["fastest"]}
+        print(f"recommended: smallest acceptable {rec['smallest']}; fastest acceptable "
+              + ", ".join(f"{v} ({k})" if k else v for k, v in fastest.items()))
     for name, why in comparison.get("skipped", {}).items():
         print(f"{name}: skipped on the machine that evaluated it: {why}")
 

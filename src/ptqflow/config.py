@@ -110,24 +110,50 @@ class EvalParams:
 
 
 @dataclass
-class BenchmarkParams:
-    """The interleaved latency protocol (src/ptqflow/benchmark.py)."""
+class ProfileParams:
+    """One way of calling the model (a traffic profile), timed by the `benchmark` stage (batches.profile_batches)."""
 
-    batch_sizes: list[int] = field(default_factory=lambda: [16])  # rows per timed batch (padded to data.max_length); the first is the report's
+    batch_size: int = 1  # rows per call: 1 = one text at a time (an online service)
+    padding: Literal["longest", "fixed"] = "longest"  # longest: each call padded to its longest row (batch 1: none); fixed: to data.max_length
+    order: Literal["random", "by_length"] = "random"  # how rows are grouped into calls: as they come (seeded), or length-bucketed
+    rows: int = 32  # test rows per visit (a seeded sample, the same in every run)
+    passes: int = 1  # timed passes over those rows per visit
+    statistic: Literal["latency", "throughput"] = "latency"  # per call (p50 / p95 / p99) or rows per second; speedups pair on it
+
+    def __post_init__(self) -> None:
+        check(self.batch_size > 0, "benchmark.profiles.*.batch_size", "an integer > 0", self.batch_size)
+        check(self.rows >= self.batch_size, "benchmark.profiles.*.rows", "an integer >= its batch_size", self.rows)
+        check(self.passes >= 1, "benchmark.profiles.*.passes", "an integer >= 1", self.passes)
+
+
+def _default_profiles() -> dict[str, ProfileParams]:
+    return {"online": ProfileParams(), "batch": ProfileParams(32, "longest", "by_length", 256, 1, "throughput"),
+            "fixed": ProfileParams(16, "fixed", "random", 16, 3, "latency")}
+
+
+@dataclass
+class BenchmarkParams:
+    """The interleaved latency protocol (src/ptqflow/benchmark.py) over the traffic profiles."""
+
+    # named ways of calling the model; the first is the one the report's single-speed figures and `fastest` use
+    profiles: dict[str, ProfileParams] = field(default_factory=_default_profiles)
     rounds: int = 15  # each round visits every variant once, in a fresh seeded random order
-    warmup: int = 1  # untimed passes at the start of each visit
-    iters: int = 5  # timed passes per visit
-    seed: int = 0  # the visiting orders
+    warmup: int = 1  # untimed calls at the start of each visit (of each profile)
+    seed: int = 0  # the visiting orders and the rows each profile draws
     threads: int | None = None  # CPU threads, fixed for the whole stage; None = torch's default (recorded)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        check(len(self.batch_sizes) > 0 and all(b > 0 for b in self.batch_sizes), "benchmark.batch_sizes",
-               "a non-empty list of integers > 0", self.batch_sizes)
+        check(len(self.profiles) > 0, "benchmark.profiles", "a mapping of at least one named profile", self.profiles)
+        check(all(str(n).replace("_", "").replace("-", "").isalnum() for n in self.profiles), "benchmark.profiles",
+              "named with letters, digits, _ and - only", list(self.profiles))
         check(self.rounds >= 3, "benchmark.rounds", "an integer >= 3 (the speedup interval is over rounds)", self.rounds)
         check(self.warmup >= 0, "benchmark.warmup", "an integer >= 0", self.warmup)
-        check(self.iters >= 1, "benchmark.iters", "an integer >= 1", self.iters)
         check(self.threads is None or self.threads > 0, "benchmark.threads", "a positive integer or null", self.threads)
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.profiles))
 
 
 @dataclass

@@ -184,3 +184,49 @@ def plot_pareto(rows: list[dict], rec: dict, params, path: Path) -> list[list]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return boxes
+
+
+def plot_profiles(rows: list[dict], rec: dict, params, path: Path) -> None:
+    """One panel per traffic profile, side by side: each variant's speedup against the baseline on that profile,
+    with its 95% interval, log axis, coloured by verdict, the variants in one order (by the first profile's
+    speedup) so that a move between profiles is seen as a bar that grows or shrinks; the profile's fastest
+    acceptable variant is marked with a star and its figure (ms per call or rows per second)."""
+    keys = list(rows[0].get("profiles") or {})
+    timed = [r for r in rows if r.get("speedup") is not None]
+    if not keys or not timed:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no traffic profiles timed", ha="center", va="center")
+        ax.axis("off")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
+    order = sorted(timed, key=lambda r: r["profiles"][keys[0]]["speedup"] or 0)
+    y = np.arange(len(order))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 1.5, _height(len(order))), sharey=True, squeeze=False)
+    spans = [r["profiles"][k]["speedup_ci95"] for r in order for k in keys if r["profiles"][k]["speedup_ci95"]]
+    low = min([s[0] for s in spans] + [1.0]) / 1.25
+    high = max([s[1] for s in spans] + [1.0]) * 1.8
+    for ax, k in zip(axes[0], keys):
+        p = [r["profiles"][k] for r in order]
+        speed = np.array([x["speedup"] or 1.0 for x in p])
+        lo = np.array([x["speedup_ci95"][0] if x["speedup_ci95"] else s for x, s in zip(p, speed)])
+        hi = np.array([x["speedup_ci95"][1] if x["speedup_ci95"] else s for x, s in zip(p, speed)])
+        ax.barh(y, speed - 1.0, left=1.0, color=[VERDICT_COLOURS.get(x["speed_verdict"], "tab:grey") for x in p],
+                edgecolor="black", linewidth=0.4, xerr=[speed - lo, hi - speed], capsize=2, error_kw={"lw": 0.8})
+        best = rec.get("fastest_by_profile", {}).get(k)
+        for yi, r, x in zip(y, order, p):
+            figure = f"{x['rows_per_s']:.0f}/s" if x["statistic"] == "throughput" else f"{x['median_ms']:.1f} ms"
+            ax.annotate(("★ " if r["variant"] == best else "") + f"{x['speedup']:.2f}x ({figure})", (max(hi[yi], 1.0), yi),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis, base=2)
+        ax.set_xlim(low, high)
+        statistic = "rows per second" if p[0]["statistic"] == "throughput" else "latency of a call"
+        ax.set_title(f"{k}: {statistic}", fontsize=10)
+        ax.set_xlabel(f"speedup vs {params.baseline} (log; 95% interval)", fontsize=8)
+    axes[0][0].set_yticks(y, [r["variant"] for r in order], fontsize=8)
+    fig.suptitle("Speed per traffic profile (★ = fastest acceptable on that profile)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -10,7 +10,9 @@
   speedup with CI, the machine and versions;
 - `package.json`: variant, scheme, options, loader, labels, max_length, where it came from.
 
-Which variant: `package.variant` = `smallest` or `fastest` (the report's acceptable picks) or a variant name.
+Which variant: `package.variant` = `smallest` or `fastest` (the report's acceptable picks; `fastest` is the fastest
+on the first traffic profile), `fastest:<profile>` (the fastest acceptable variant for that traffic profile, e.g.
+`fastest:batch`), or a variant name. package.json and the model card say which profile the pick is for.
 """
 
 from __future__ import annotations
@@ -24,17 +26,27 @@ from .io import atomic_dir, read_json, write_json, write_text
 PICKS = ("smallest", "fastest")
 
 
-def choose(comparison: dict, pick: str) -> str:
-    """The variant `pick` names: the report's smallest / fastest acceptable one, or a variant it compared."""
+def choose(comparison: dict, pick: str) -> tuple[str, str | None]:
+    """(the variant `pick` names, the traffic profile it was picked for): the report's smallest / fastest acceptable
+    one (fastest: the first profile's), the fastest for a named profile (`fastest:batch`), or a variant it compared."""
+    rec = comparison["recommendation"]
+    primary = rec.get("primary_profile")
     if pick in PICKS:
-        return comparison["recommendation"][pick]
+        return rec[pick], primary if pick == "fastest" else None
+    if pick.startswith("fastest:"):
+        profile = pick.split(":", 1)[1]
+        by = rec.get("fastest_by_profile") or {}
+        if profile not in by:
+            raise PtqflowError(f"package.variant {pick!r}: the report timed no profile {profile!r} (profiles: "
+                               f"{', '.join(by) or 'none'}; benchmark.profiles)")
+        return by[profile], profile
     if pick not in comparison["variants"]:
         skipped = comparison.get("skipped", {})
         if pick in skipped:
             raise PtqflowError(f"package.variant {pick!r} was skipped on this machine ({skipped[pick]}); nothing to package")
-        known = ", ".join([*PICKS, *comparison["variants"]])
+        known = ", ".join([*PICKS, *(f"fastest:{p}" for p in rec.get("fastest_by_profile") or {}), *comparison["variants"]])
         raise PtqflowError(f"package.variant {pick!r} is not a variant the report compared (known: {known})")
-    return pick
+    return pick, None
 
 
 def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir: Path, eval_dir: Path,
@@ -44,7 +56,7 @@ def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir
     if not comparison_path.is_file():
         raise PtqflowError(f"{comparison_path}: missing (run: dvc repro report)")
     comparison = read_json(comparison_path)
-    variant = choose(comparison, pick)
+    variant, profile = choose(comparison, pick)
     artifact = artifacts_dir / variant
     if not (artifact / "ptqflow.json").is_file():
         raise PtqflowError(f"{artifact}: no quantized artifact (run: dvc repro quantize@{variant})")
@@ -64,8 +76,10 @@ def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir
         shutil.copytree(artifact, tmp / "model")
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         meta = {
-            "variant": variant, "pick": pick, "scheme": qmeta["scheme"], "options": qmeta["options"], "loader": loader,
+            "variant": variant, "pick": pick, "profile": profile, "scheme": qmeta["scheme"], "options": qmeta["options"],
+            "loader": loader,
             "labels": details.get("confusion_matrix", {}).get("labels") or prepared_meta.get("classes"),
+            **({"model_labels": list(prepared_meta["label_mapping"])} if prepared_meta.get("label_mapping") else {}),
             "max_length": prepared_meta.get("max_length"), "text_pair": prepared_meta.get("text_pair"),
             "row": comparison["variants"][variant], "baseline": comparison["baseline"],
             "environment": details.get("environment"), "benchmark_device": comparison.get("device"),
@@ -113,12 +127,11 @@ def model_card(meta: dict, comparison: dict) -> str:
     }[meta["loader"]]
     delta = (f"{st['delta_accuracy'] * 100:+.2f} points [95% CI {st['delta_ci95_low'] * 100:+.2f}, "
              f"{st['delta_ci95_high'] * 100:+.2f}], McNemar p = {st['mcnemar_p']:.3g}") if st else "it is the baseline"
-    ci = row.get("speedup_ci95") or [None, None]
-    speed = (f"{row['latency_ms']:.2f} ms median per batch of {comparison.get('batch_size')}, "
-             f"{row['speedup']:.2f}x vs {meta['baseline']} [95% CI {ci[0]:.2f}, {ci[1]:.2f}] ({row['speed_verdict']})"
-             if row.get("latency_ms") is not None and row.get("speedup") is not None else "not timed")
+    speed = "; ".join(_speed_line(name, p, meta["baseline"], comparison) for name, p in (row.get("profiles") or {}).items()) or "not timed"
     return "\n".join([
-        f"# {meta['variant']} — the {meta['pick'] if meta['pick'] in PICKS else 'chosen'} acceptable variant",
+        f"# {meta['variant']} — " + (f"the fastest acceptable variant for the `{meta['profile']}` traffic profile"
+                                      if meta.get("profile") else
+                                      f"the {meta['pick'] if meta['pick'] in PICKS else 'chosen'} acceptable variant"),
         "",
         f"Scheme `{meta['scheme']}` with options `{meta['options']}`; runs as: {row.get('runtime_dtype')}.",
         *compile_note(row.get("compile", "none"), meta["loader"]),
@@ -134,7 +147,7 @@ def model_card(meta: dict, comparison: dict) -> str:
         "",
         f"- accuracy {row['accuracy']:.4f}, change vs {meta['baseline']}: {delta}",
         f"- size {row['size']:.2f} {row.get('size_unit', 'MiB')}, {row['compression']:.2f}x smaller than {meta['baseline']}",
-        f"- speed: {speed}; interleaved benchmark on {meta.get('benchmark_device')}",
+        f"- speed per traffic profile: {speed}; interleaved benchmark on {meta.get('benchmark_device')}",
         "",
         format_table([row], row.get("size_unit", "MiB"), meta["baseline"]),
         "",
@@ -143,6 +156,18 @@ def model_card(meta: dict, comparison: dict) -> str:
         f"{env.get('device_name', '?')}; torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}.",
         "",
     ])
+
+
+def _speed_line(name: str, p: dict, baseline: str, comparison: dict) -> str:
+    """'`online` (one row per call): 4.26 ms per call (p99 6.10), 3.91x vs fp32 [95% CI 3.80, 4.02] (faster)'."""
+    info = (comparison.get("profiles") or {}).get(name) or {}
+    calls = "" if not info else (" (one row per call)" if info.get("batch_size") == 1 else f" (calls of {info['batch_size']})")
+    if p.get("median_ms") is None or p.get("speedup") is None:
+        return f"`{name}`: not timed"
+    figure = (f"{p['rows_per_s']:.0f} rows/s" if p["statistic"] == "throughput"
+              else f"{p['median_ms']:.2f} ms per call (p99 {p['p99_ms']:.2f})")
+    lo, hi = p["speedup_ci95"]
+    return f"`{name}`{calls}: {figure}, {p['speedup']:.2f}x vs {baseline} [95% CI {lo:.2f}, {hi:.2f}] ({p['speed_verdict']})"
 
 
 EXAMPLE_TEXT = "Stocks rallied after the central bank held interest rates steady."

