@@ -7,7 +7,7 @@ PYTEST_ARGS ?= -n 2 --dist loadscope  # pytest-xdist: two workers (the machines 
 export PATH := $(BIN):$(PATH)
 export PTQFLOW_MIRROR := $(abspath $(MIRROR))
 
-.PHONY: run test setup repro table docs docs-serve params default all hurts gpu reference lowbit gpt2 paper help
+.PHONY: run test setup repro table docs docs-serve params default all hurts gpu reference lowbit gpt2 paper ui serve loadtest help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,6 +28,15 @@ table:  ## print the comparison table from metrics/comparison.json
 	@$(BIN)/ptqflow table
 
 run: repro table  ## set up, fetch the inputs, run the pipeline, print the comparison table
+
+ui: setup  ## mlflow ui on the project's store; prints the address of the ptqflow runs table
+	$(BIN)/ptqflow ui
+
+serve: setup  ## serve the packaged model with MLflow's scoring server on 127.0.0.1 (Ctrl-C stops it)
+	$(BIN)/ptqflow serve
+
+loadtest: setup  ## serve the recommended variant and fp32 side by side, load them (1/4/16 clients), try malformed requests
+	$(BIN)/ptqflow loadtest --variants $(or $(VARIANTS),recommended,fp32) --out benchmarks/serve/loadtest
 
 params: setup  ## write params.yaml again from conf/ (the default variant set), after editing conf/
 	$(BIN)/python -c "from ptqflow.variant_sets import write_params; write_params('params.yaml')"

@@ -28,7 +28,7 @@ def main() -> None:
     pkg = load_section(PackageParams, "package", params)
     with stage_run("package", not args.no_tracking) as run:
         meta = package(pkg.variant, Path(args.comparison), Path(args.artifacts), Path(args.finetuned), Path(args.details_dir),
-                       read_json(Path(args.data) / "meta.json"), Path(args.out))
+                       read_json(Path(args.data) / "meta.json"), Path(args.out), pkg.max_rows)
         run.log_params({"package": to_dict(pkg), "packaged_variant": meta["variant"], "loader": meta["loader"]})
         run.set_tags({"packaged_variant": meta["variant"], "scheme": meta["scheme"]})
         run.log_artifact(f"{args.out}/README.md")

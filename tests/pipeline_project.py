@@ -37,7 +37,7 @@ def cpu_skips(names: list[str]) -> list[str]:
     return [v for v in names if unavailable(v, every[v], torch.device("cpu"))]
 
 
-E2E = ["fp32", "bf16", "int8_scratch", "int8_bnb", "int8_dynamic", "int4_wo_ao"]  # DVC wiring; every scheme runs in-process elsewhere
+E2E = ["fp32", "int8_scratch", "int8_dynamic", "int4_wo_ao"]  # DVC wiring (int4_wo_ao: a skipped variant); every scheme runs in-process elsewhere
 SKIPPED = cpu_skips(E2E)  # on this CPU their stages run and say why they were not quantized or evaluated
 VARIANTS = [v for v in E2E if v not in SKIPPED]
 NOISE = ("Failed to load", "is an Enum subclass and is now natively supported", "interpreted in multiple ways",
@@ -61,7 +61,10 @@ def make_project(root: Path, shared: Path, variants: list[str]) -> dict:
     params["model"].update(init="scratch", overrides={"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 32})  # NF4 on CPU: widths % 64
     params["train"].update(epochs=1, batch_size=16, eval_batch_size=64)
     params["eval"].update(batch_size=64)
-    params["benchmark"].update(batch_sizes=[4], rounds=3, warmup=1, iters=2)
+    profiles = params["benchmark"]["profiles"]  # the default profiles, each on a few rows
+    for name, rows in (("online", 4), ("batch", 8), ("fixed", 4)):
+        profiles[name].update(rows=rows, batch_size=min(profiles[name]["batch_size"], 4), passes=1)
+    params["benchmark"].update(rounds=3, warmup=1)
     every = definitions()
     params["variants"] = {v: every[v] for v in variants}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -1,4 +1,5 @@
-"""The `ptqflow` command: `assets` fetches the inputs, `table` prints the comparison, `bench` times variants."""
+"""The `ptqflow` command: `assets` fetches the inputs, `table` prints the comparison, `bench` times variants,
+`predict` labels texts, `serve` / `loadtest` run the package behind MLflow's scoring server, `ui` opens MLflow."""
 
 from __future__ import annotations
 
@@ -192,6 +193,107 @@ def _variants(args: argparse.Namespace) -> None:
     print(f"{len(variants) - skipped} of {len(variants)} variants run; the skipped ones' stages only write why")
 
 
+def _package_params(args: argparse.Namespace):
+    from .config import PackageParams, load_params, load_section
+
+    return load_section(PackageParams, "package", load_params(args.params))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import time
+
+    from .serve import HOST, free_port, model_uri_for, served
+    from .tracking import tracking_uri
+
+    pkg = _package_params(args)
+    uri = args.model_uri or model_uri_for(args.variant, pkg.registered_model, pkg.max_rows)
+    port = args.port or free_port()
+    print(f"serve: starting `mlflow models serve -m {uri} --env-manager local` on http://{HOST}:{port} ...", flush=True)
+    with served(uri, args.variant, port, env={"MLFLOW_TRACKING_URI": tracking_uri()}, log_dir=Path(".ptqflow/serve")) as server:
+        print(f"serve: ready at {server.url}/invocations (log: {server.log}); try:\n"
+              f"  curl -s -X POST {server.url}/invocations -H 'Content-Type: application/json' "
+              "-d '{\"dataframe_split\": {\"columns\": [\"text\"], \"data\": [[\"Stocks rallied on Friday\"]]}}'\n"
+              f"Ctrl-C stops it.", flush=True)
+        try:
+            while server.process.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("serve: stopped")
+            return
+    raise PtqflowError(f"the server exited on its own (log: {server.log})")
+
+
+def _loadtest(args: argparse.Namespace) -> None:
+    import contextlib
+    import time
+
+    import mlflow
+
+    from .io import write_json, write_text
+    from .machine import command_line, environment
+    from .serve import LoadPlan, compare_servers, loadtest, markdown, model_uri_for, probe, served, test_texts
+    from .tracking import tracking_uri
+
+    pkg = _package_params(args)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:
+        clients = tuple(int(c) for c in args.clients.split(","))
+    except ValueError:
+        raise PtqflowError(f"--clients {args.clients!r}: expected comma-separated integers, e.g. 1,4,16") from None
+    if not names or args.baseline not in names:
+        raise PtqflowError(f"--baseline {args.baseline!r} must be one of --variants ({args.variants})")
+    if args.rounds < 1 or args.max_seconds <= 0 or min(clients) < 1:
+        raise PtqflowError("--rounds and --clients must be >= 1 and --max-seconds > 0")
+    plan = LoadPlan(clients=clients, rounds=args.rounds, max_seconds=args.max_seconds)
+    texts = test_texts(args.texts, args.seed)
+    uris = {n: model_uri_for(n, pkg.registered_model, pkg.max_rows) for n in names}
+    print(f"loadtest: {len(names)} servers, at most {plan.bound_s(len(names)) / 60:.1f} minutes of load", flush=True)
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(served(uri, n, env={"MLFLOW_TRACKING_URI": tracking_uri()}, log_dir=Path(".ptqflow/serve")))
+                   for n, uri in uris.items()]
+        probed = probe(servers[0].url, texts[:4], pkg.max_rows) if args.probe else []
+        record = loadtest(servers, texts, plan, progress=lambda line: print(line, flush=True))
+    record.update(environment=environment(__import__("torch").device("cpu")), mlflow=mlflow.__version__, command=command_line(),
+                  date=time.strftime("%Y-%m-%d"), baseline=args.baseline, servers=uris, texts=len(texts),
+                  plan={"clients": list(plan.clients), "payloads": plan.payloads, "rounds": plan.rounds, "max_seconds": plan.max_seconds,
+                        "requests_per_client": plan.requests_per_client, "min_requests": plan.min_requests},
+                  ratios=compare_servers(record["results"], args.baseline), probe=probed, probe_server=names[0])
+    write_json(f"{args.out}.json", record)
+    write_text(f"{args.out}.md", markdown(record))
+    print(markdown(record))
+    errors = sum(r["errors"] for phases in record["results"].values() for rounds in phases.values() for r in rounds)
+    bad = [p["request"] for p in probed if not (p["ok"] and p["good_after"] and not p["traceback_in_body"])]
+    if errors or bad:
+        raise PtqflowError(f"loadtest: {errors} failed requests under load; bad requests mishandled: {', '.join(bad) or 'none'}")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    """`mlflow ui` on the project's store, with the address of the ptqflow experiment's runs table."""
+    import subprocess
+
+    from .serve import mlflow_executable
+    from .tracking import EXPERIMENT, tracking_uri
+
+    uri = tracking_uri()
+    experiment = None
+    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).is_file():
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        found = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT)
+        experiment = found.experiment_id if found else None
+    base = f"http://127.0.0.1:{args.port}"
+    runs = f"{base}/#/experiments/{experiment}/runs" if experiment else f"{base} (no '{EXPERIMENT}' experiment yet: run the pipeline)"
+    print(f"mlflow ui: the ptqflow runs table is at {runs}\n  (MLflow opens on its GenAI home; if an experiment shows "
+          "GenAI pages, switch the sidebar's 'GenAI / Model training' toggle to Model training). Ctrl-C stops it.", flush=True)
+    if args.print_only:
+        return
+    try:
+        subprocess.run([mlflow_executable(), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)])
+    except KeyboardInterrupt:
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptqflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output CSV (default: <input>.pred.csv)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     p.set_defaults(func=_predict)
+    p = sub.add_parser("serve", help="serve the packaged model with MLflow's scoring server (mlflow models serve, local "
+                       "environment) on 127.0.0.1 until Ctrl-C", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variant", default="recommended", help="recommended (the registered model's latest version, else "
+                   "models/recommended) or a variant the report compared (packaged on the fly)")
+    p.add_argument("--model-uri", default=None, help="serve this MLflow model URI instead (models:/NAME/VERSION, a folder)")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.add_argument("--params", default="params.yaml", help="parameter file (its package section)")
+    p.set_defaults(func=_serve)
+    p = sub.add_parser("loadtest", help="serve variants side by side and load them: 1 / 4 / 16 closed-loop clients, single "
+                       "rows and batches, bounded; then the malformed requests; JSON + markdown",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--variants", default="recommended,fp32", help="comma-separated: recommended and/or variants the report compared")
+    p.add_argument("--baseline", default="fp32", help="the ratios of requests per second are against this one")
+    p.add_argument("--clients", default="1,4,16", help="concurrent clients per phase, comma-separated")
+    p.add_argument("--rounds", type=int, default=2, help="rounds, each running every phase on every server in a fresh seeded order")
+    p.add_argument("--max-seconds", type=float, default=12.0, help="the longest one phase may run")
+    p.add_argument("--texts", type=int, default=64, help="seeded test rows the requests are made of")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rows and the orders")
+    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the malformed requests")
+    p.add_argument("--params", default="params.yaml", help="parameter file (its package section)")
+    p.add_argument("--out", default="benchmarks/serve/loadtest", help="output path without extension (.json and .md)")
+    p.set_defaults(func=_loadtest)
+    p = sub.add_parser("ui", help="mlflow ui on the project's store, printing the address of the ptqflow runs table",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--port", type=int, default=5000, help="port")
+    p.add_argument("--print-only", action="store_true", help="print the address and exit")
+    p.set_defaults(func=_ui)
     return parser
 
 

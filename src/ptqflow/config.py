@@ -183,11 +183,13 @@ class ReportParams:
 class PackageParams:
     variant: str = "fastest"  # smallest | fastest (the report's acceptable picks) | a variant name
     registered_model: str | None = "ptqflow-classifier"  # MLflow Model Registry name; null: package without registering
+    max_rows: int = 256  # the served model's limit of rows per request (one request is answered at a time)
 
     def __post_init__(self) -> None:
         check(bool(str(self.variant).strip()), "package.variant", "smallest, fastest or a variant name", self.variant)
         check(self.registered_model is None or bool(self.registered_model.strip()), "package.registered_model",
                "a model name or null", self.registered_model)
+        check(self.max_rows >= 1, "package.max_rows", "an integer >= 1", self.max_rows)
 
 
 # ------------------------------------------------------------------------------------------ machinery

@@ -17,6 +17,7 @@ on the first traffic profile), `fastest:<profile>` (the fastest acceptable varia
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def choose(comparison: dict, pick: str) -> tuple[str, str | None]:
 
 
 def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir: Path, eval_dir: Path,
-            prepared_meta: dict, out_dir: Path) -> dict:
+            prepared_meta: dict, out_dir: Path, max_rows: int = 256) -> dict:
     """Write `out_dir` (atomically) for the chosen variant, with the tokenizer the model was fine-tuned with (saved
     beside it in `finetuned_dir`: the pretrained model's own, or model.base's for a scratch model); returns package.json."""
     if not comparison_path.is_file():
@@ -80,7 +81,7 @@ def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir
             "loader": loader,
             "labels": details.get("confusion_matrix", {}).get("labels") or prepared_meta.get("classes"),
             **({"model_labels": list(prepared_meta["label_mapping"])} if prepared_meta.get("label_mapping") else {}),
-            "max_length": prepared_meta.get("max_length"), "text_pair": prepared_meta.get("text_pair"),
+            "max_length": prepared_meta.get("max_length"), "text_pair": prepared_meta.get("text_pair"), "max_rows": max_rows,
             "row": comparison["variants"][variant], "baseline": comparison["baseline"],
             "environment": details.get("environment"), "benchmark_device": comparison.get("device"),
         }
@@ -174,14 +175,12 @@ EXAMPLE_TEXT = "Stocks rallied after the central bank held interest rates steady
 RUNTIME_PACKAGES = ("torch", "transformers", "onnxruntime", "openvino", "bitsandbytes", "torchao", "safetensors", "pandas", "numpy")
 
 
-def register(folder: Path, name: str, run_id: str, parent_id: str) -> str:
-    """Log `folder` as an MLflow pyfunc model from code (pyfunc_model.py; ptqflow travels as code_paths, nothing
-    is pickled) under the active run, with a signature and an input example, and register it as a new version
-    of `name`, tagged with the runs it came from. Returns one line saying which version."""
-    import warnings
+def pyfunc_model(folder: Path) -> dict:
+    """The MLflow pyfunc model of a package folder, as `mlflow.pyfunc.log_model` / `save_model` take it: logged from
+    code (pyfunc_model.py; ptqflow travels as code_paths, nothing is pickled), the folder as its artifact, a
+    signature and an input example, the runtime packages pinned to this environment's versions."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -196,11 +195,38 @@ def register(folder: Path, name: str, run_id: str, parent_id: str) -> str:
         except PackageNotFoundError:
             pass
     here = Path(__file__).resolve().parent
-    with warnings.catch_warnings():  # MLflow suggests type hints on predict() to infer a signature: we pass one
+    return {"python_model": str(here / "pyfunc_model.py"), "artifacts": {"package": str(folder)}, "code_paths": [str(here)],
+            "signature": signature, "input_example": example, "pip_requirements": pins}
+
+
+@contextlib.contextmanager
+def _quiet_signature_hint():
+    """MLflow suggests type hints on predict() to infer a signature: we pass one."""
+    import warnings
+
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(here / "pyfunc_model.py"), artifacts={"package": str(folder)},
-                                       code_paths=[str(here)], signature=signature, input_example=example,
-                                       pip_requirements=pins, registered_model_name=name)
+        yield
+
+
+def save_mlflow_model(folder: Path, out_dir: Path) -> Path:
+    """The package as an MLflow model folder (`mlflow models serve -m <out_dir>` serves it), without the registry."""
+    import mlflow
+
+    with _quiet_signature_hint():
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        mlflow.pyfunc.save_model(path=str(out_dir), **pyfunc_model(folder))
+    return out_dir
+
+
+def register(folder: Path, name: str, run_id: str, parent_id: str) -> str:
+    """Log `folder` as an MLflow pyfunc model from code (`pyfunc_model`) under the active run, and register it as a
+    new version of `name`, tagged with the runs it came from. Returns one line saying which version."""
+    import mlflow
+
+    with _quiet_signature_hint():
+        info = mlflow.pyfunc.log_model(name="model", registered_model_name=name, **pyfunc_model(folder))
     client = mlflow.MlflowClient()
     number = info.registered_model_version
     meta = read_json(folder / "package.json")

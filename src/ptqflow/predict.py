@@ -31,21 +31,28 @@ class Packaged:
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
         self.labels = list(self.meta["labels"])
         self.pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
+        import threading
+
+        self._lock = threading.Lock()  # one prediction at a time: a server calls from several threads
 
     @torch.inference_mode()
     def predict(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> list[str]:
+        """Labels for `texts`, one call at a time (the lock: an OpenVINO infer request, an ONNX Runtime session's
+        buffers and a fast tokenizer's truncation settings are not safe to use from two threads at once)."""
         from tqdm.auto import tqdm
 
         from .batches import longest_first, pad_batch
 
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.meta["max_length"])["input_ids"]
-        out: list[str] = [""] * len(ids)
-        for rows in tqdm(longest_first([len(r) for r in ids], batch_size), desc="predict", unit="batch", disable=not progress):
-            batch = pad_batch([ids[i] for i in rows], self.pad_id)
-            logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
-            for i, k in zip(rows, logits.argmax(-1).cpu().numpy()):
-                out[i] = self.labels[k]
-        return out
+        with self._lock:
+            ids = self.tokenizer(list(texts), truncation=True, max_length=self.meta["max_length"])["input_ids"]
+            out: list[str] = [""] * len(ids)
+            for rows in tqdm(longest_first([len(r) for r in ids], batch_size), desc="predict", unit="batch",
+                             disable=not progress):
+                batch = pad_batch([ids[i] for i in rows], self.pad_id)
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
+                for i, k in zip(rows, logits.argmax(-1).cpu().numpy()):
+                    out[i] = self.labels[k]
+            return out
 
 
 def _load(model_dir: Path, meta: dict, device: torch.device) -> torch.nn.Module:
