@@ -123,6 +123,17 @@ def stages_reading(dvc_yaml: dict) -> dict[str, list[str]]:
     return out
 
 
+def _mapped_dataclass(cls: type, name: str) -> list[type]:
+    """The dataclass a field maps names to (`dict[str, ProfileParams]`), if it is such a mapping."""
+    import typing
+
+    tp = typing.get_type_hints(cls).get(name)
+    if typing.get_origin(tp) is dict:
+        value = typing.get_args(tp)[1]
+        return [value] if dataclasses.is_dataclass(value) else []
+    return []
+
+
 def parameter_reference(params: dict, dvc_yaml: dict) -> str:
     """Markdown: every section and key of params.yaml with its type, default, the default set's value, what it
     does and which stages read it (a change re-runs those stages and everything downstream)."""
@@ -142,6 +153,10 @@ def parameter_reference(params: dict, dvc_yaml: dict) -> str:
             value = "null" if value is None else (str(value).lower() if isinstance(value, bool) else value)
             out.append(f"| `{section}.{f['name']}` | {_cell(f['type'])} | `{_cell(f['default'])}` | `{_cell(value)}` | "
                        f"{_cell(f['doc'])} | {_cell(f['bounds'])} |")
+            for inner in _mapped_dataclass(cls, f["name"]):  # a mapping of named entries (benchmark.profiles): their keys
+                for g in fields(inner):
+                    out.append(f"| `{section}.{f['name']}.<name>.{g['name']}` | {_cell(g['type'])} | `{_cell(g['default'])}` | "
+                               f"(per entry) | {_cell(g['doc'])} | {_cell(g['bounds'])} |")
         unknown = sorted(set(given) - {f["name"] for f in fields(cls)})
         if unknown:
             out += ["", f"Not a key of `{cls.__name__}` (the stage would stop): {', '.join(unknown)}"]

@@ -127,8 +127,9 @@ class ProfileParams:
 
 
 def _default_profiles() -> dict[str, ProfileParams]:
-    return {"online": ProfileParams(), "batch": ProfileParams(32, "longest", "by_length", 256, 1, "throughput"),
-            "fixed": ProfileParams(16, "fixed", "random", 16, 3, "latency")}
+    return {"online": ProfileParams(1, "longest", "random", 24, 1, "latency"),
+            "batch": ProfileParams(32, "longest", "by_length", 64, 1, "throughput"),
+            "fixed": ProfileParams(16, "fixed", "random", 16, 1, "latency")}
 
 
 @dataclass
