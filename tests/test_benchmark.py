@@ -130,9 +130,11 @@ def test_profile_batches_are_real_rows_seeded_grouped_and_padded_as_asked():
     assert all(int(c["attention_mask"].sum()) == c["input_ids"].shape[1] for c in online)  # one row: no padding
     again = profile_batches(rows, ProfileParams(1, "longest", "random", 6, 1, "latency"), 0, 32, seed=1)
     assert [c["input_ids"].shape[1] for c in online] == [c["input_ids"].shape[1] for c in again]  # seeded
-    bucketed = profile_batches(rows, ProfileParams(3, "longest", "by_length", 8, 1, "throughput"), 0, 32)
-    widths = [c["input_ids"].shape[1] for c in bucketed]
-    assert widths == [30, 12, 5] and [c["input_ids"].shape[0] for c in bucketed] == [3, 3, 2]  # longest first
+    rows = rows + [[7] * n for n in (4, 29, 11, 8, 22, 3, 16, 10)]  # 16 rows: length-neighbours pair up
+    bucketed = profile_batches(rows, ProfileParams(2, "longest", "by_length", 6, 1, "throughput"), 0, 32)
+    assert len(bucketed) == 3 and all(c["input_ids"].shape[0] == 2 for c in bucketed)
+    assert all(int(c["attention_mask"].sum(1).max() - c["attention_mask"].sum(1).min()) <= 1 for c in bucketed)  # one length each
+    assert tokens(bucketed)["padding_share"] < 0.05
     fixed = profile_batches(rows, ProfileParams(4, "fixed", "random", 12, 1, "latency"), 0, 32)
     assert [tuple(c["input_ids"].shape) for c in fixed] == [(4, 32)] * 3  # 12 of 8 rows: cycled
     t = tokens(fixed)

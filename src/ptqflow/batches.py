@@ -66,26 +66,35 @@ def cycled_rows(rows: list[list[int]], n: int) -> list[list[int]]:
 def profile_batches(
     rows: list[list[int]], profile, pad_id: int, max_length: int, seed: int = 0, token_types: list[list[int]] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """The calls of one traffic profile (config.ProfileParams) over real rows: `profile.rows` rows drawn from `rows`
-    with a seeded generator (the same rows in every run; cycled when there are fewer), grouped into calls of
-    `profile.batch_size` as they come (`order: random`, a server's arrival order) or longest first (`by_length`,
-    length-bucketed as a batching server or an offline job forms them), each call padded to its own longest row
-    (`padding: longest`; one row: no padding) or to `max_length` (`fixed`, the 16 x 128 protocol of published
-    figures)."""
+    """The calls of one traffic profile (config.ProfileParams) over real rows, drawn with a seeded generator (the
+    same calls in every run):
+    - `order: random`: `profile.rows` rows drawn from `rows` (cycled when there are fewer), in calls of
+      `profile.batch_size` as they come (a server's arrival order);
+    - `order: by_length`: length-bucketed, as a batching server that groups a long queue by length (or an offline
+      job that sorts its rows) forms them: every row sorted by length and cut into calls of `batch_size`
+      neighbours, of which ceil(rows / batch_size) calls are drawn, so each call holds rows of about one length and
+      the calls follow the length distribution of the whole split.
+    Each call is padded to its own longest row (`padding: longest`; one row: no padding) or to `max_length`
+    (`fixed`, the 16 x 128 protocol of published figures)."""
+    import math
+
     import numpy as np
 
     gen = np.random.default_rng(seed)
-    picked = gen.permutation(len(rows))[: profile.rows].tolist()
-    picked += [picked[i % len(picked)] for i in range(profile.rows - len(picked))]
+    size = profile.batch_size
     if profile.order == "by_length":
-        picked.sort(key=lambda i: -len(rows[i]))
+        pool = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
+        neighbours = [pool[i : i + size] for i in range(0, len(pool), size)]
+        count = math.ceil(profile.rows / size)
+        drawn = gen.permutation(len(neighbours)).tolist()
+        chunks = [neighbours[drawn[k % len(drawn)]] for k in range(count)]
+    else:
+        picked = gen.permutation(len(rows))[: profile.rows].tolist()
+        picked += [picked[i % len(picked)] for i in range(profile.rows - len(picked))]
+        chunks = [picked[start : start + size] for start in range(0, len(picked), size)]
     length = max_length if profile.padding == "fixed" else None
-    calls = []
-    for start in range(0, len(picked), profile.batch_size):
-        chunk = picked[start : start + profile.batch_size]
-        calls.append(pad_batch([rows[i] for i in chunk], pad_id, length,
-                               [token_types[i] for i in chunk] if token_types is not None else None))
-    return calls
+    return [pad_batch([rows[i] for i in chunk], pad_id, length,
+                      [token_types[i] for i in chunk] if token_types is not None else None) for chunk in chunks]
 
 
 def tokens(calls: list[dict[str, torch.Tensor]]) -> dict:

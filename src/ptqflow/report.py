@@ -25,7 +25,8 @@ FIGURES = ("metrics_comparison.png", "size_latency.png", "pareto.png", "profiles
 def profile_text(name: str, info: dict) -> str:
     """One sentence on how a traffic profile calls the model (the benchmark's protocol record of it)."""
     calls = "one row per call" if info["batch_size"] == 1 else f"calls of {info['batch_size']} rows"
-    order = {"random": "in a seeded random order", "by_length": "longest first (length-bucketed)"}[info["order"]]
+    order = {"random": "in a seeded random order",
+             "by_length": "length-bucketed (each call a run of length-neighbours from the sorted test split, calls drawn with a seed)"}[info["order"]]
     pad = (f"padded to {info['max_length']} tokens" if info["padding"] == "fixed" else
            "no padding" if info["batch_size"] == 1 else "each call padded to its longest row")
     judged = "rows per second" if info["statistic"] == "throughput" else "the latency of a call (p50 / p95 / p99)"
