@@ -251,3 +251,19 @@ def test_a_runtime_record_with_odd_names_is_tracked_and_a_failing_store_only_war
         done = True
     err = capsys.readouterr().err
     assert done and err.count("warning:") == 1 and "stage package was not written (RuntimeError: the store is gone)" in err
+
+
+def test_ui_prints_the_address_of_the_runs_table(tmp_path, monkeypatch, capsys):
+    """MLflow 3 opens on its GenAI home: `ptqflow ui` says where the ptqflow experiment's runs table is."""
+    import mlflow
+
+    from ptqflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("ptqflow").experiment_id
+    main(["ui", "--print-only", "--port", "5123"])
+    out = capsys.readouterr().out
+    assert f"http://127.0.0.1:5123/#/experiments/{experiment}/runs" in out and "Model training" in out
