@@ -144,3 +144,22 @@ def test_prepare_writes_tokenized_splits_and_metrics(tmp_path, tokenizer):
     assert metrics["splits"]["test"]["per_class"] == {c: 5 for c in CLASSES}
     assert metrics["splits"]["train"]["rows"] + metrics["splits"]["validation"]["rows"] == 80
     json.dumps(metrics)
+
+
+def test_a_tokenized_split_is_fingerprinted_by_its_rows_tokenizer_and_length(tokenizer):
+    """The fingerprint that data/prepared's state.json records (DVC hashes it) is the same for the same inputs
+    and another for other rows, another max_length or another tokenizer."""
+    from ptqflow.data import tokenize
+    from ptqflow.modeling import load_tokenizer
+
+    from .conftest import SHARED
+
+    rows = {"test": frame(3, 500)}
+
+    def fingerprint(splits, tok=tokenizer, length=8):
+        return tokenize(splits, tok, length)["test"]._fingerprint
+
+    same = fingerprint(rows)
+    assert same == fingerprint({"test": frame(3, 500)})
+    other_tokenizer = load_tokenizer(SHARED / "models" / "all-MiniLM-L6-v2")
+    assert len({same, fingerprint({"test": frame(3, 600)}), fingerprint(rows, length=9), fingerprint(rows, other_tokenizer)}) == 4

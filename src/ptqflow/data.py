@@ -16,6 +16,7 @@ validate or calibrate. When half or more of them are test rows, the file is refu
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -253,8 +254,22 @@ def tokenize(splits: dict[str, pd.DataFrame], tokenizer, max_length: int, text_p
     out = DatasetDict()
     for name, df in splits.items():
         ds = Dataset.from_pandas(df[columns].rename(columns={"label": "labels"}), preserve_index=False)
-        out[name] = ds.map(encode, batched=True, desc=f"tokenize {name}")
+        fingerprint = _tokenized_fingerprint(ds._fingerprint, tokenizer, max_length, text_pair)
+        out[name] = ds.map(encode, batched=True, desc=f"tokenize {name}", new_fingerprint=fingerprint)
     return out
+
+
+def _tokenized_fingerprint(rows: str, tokenizer, max_length: int, text_pair: str | None) -> str:
+    """The tokenized split's fingerprint from what determines it: the rows' own fingerprint, the tokenizer's
+    definition (its serialized vocabulary and rules where it has one, its settings but not the folder it was read
+    from), max_length and text_pair. Given here because `datasets` would otherwise hash `encode` with dill,
+    tokenizer and all: 2 s a split for a 50k vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else repr(tokenizer)
+    init = {k: v for k, v in tokenizer.init_kwargs.items() if not k.endswith(("_file", "name_or_path"))}  # where, not what
+    settings = json.dumps({"class": type(tokenizer).__name__, "init": init, "max_length": max_length,
+                           "text_pair": text_pair, "side": tokenizer.truncation_side}, sort_keys=True, default=str)
+    return hashlib.sha256("\n".join((rows, definition, settings)).encode()).hexdigest()[:16]
 
 
 def class_counts(splits: dict[str, pd.DataFrame], classes: list[str]) -> dict:
