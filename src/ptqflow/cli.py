@@ -377,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=12.0, help="the longest one phase may run")
     p.add_argument("--texts", type=int, default=64, help="seeded test rows the requests are made of")
     p.add_argument("--seed", type=int, default=0, help="seed of the rows and the orders")
-    p.add_argument("--no-probe", dest="probe", action="store_false", help="skip the malformed requests")
+    p.set_defaults(probe=True)  # before the flag, whose own default is SUPPRESS: --help says no "(default: True)"
+    p.add_argument("--no-probe", dest="probe", action="store_false", default=argparse.SUPPRESS,
+                   help="skip the malformed requests (sent after the load otherwise)")
     p.add_argument("--params", default="params.yaml", help="parameter file (its package section)")
     p.add_argument("--out", default="benchmarks/serve/loadtest", help="output path without extension (.json and .md)")
     p.set_defaults(func=_loadtest)
