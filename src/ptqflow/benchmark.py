@@ -134,11 +134,6 @@ class Workload:
         return max(sizes) if sizes else None
 
 
-def fixed_workloads(batches: dict[int, dict], iters: int) -> dict[int, Workload]:
-    """`ptqflow bench`'s workloads: one fixed batch per batch size, timed `iters` times per visit."""
-    return {bs: Workload([b], iters) for bs, b in batches.items()}
-
-
 @torch.inference_mode()
 def interleave(
     models: dict[str, torch.nn.Module], workloads: dict, protocol: Protocol, device: torch.device, desc: str = "benchmark",
@@ -460,7 +455,7 @@ def run_bench(
         root = Path(artifacts_dir) if artifacts_dir else Path(tmp)
         loaders = {name: _artifact_loader(name, raw, root / name, device) for name, raw in variants.items()}
         vocab = int(_artifact_config(root, variants).get("vocab_size", 50257))
-        batches = fixed_workloads({bs: random_batch(bs, seq_len, vocab) for bs in batch_sizes}, protocol.iters)
+        batches = {bs: random_batch(bs, seq_len, vocab) for bs in batch_sizes}  # one fixed batch each, protocol.iters times
 
         def describe(name, model, meta):
             return {**_describe(name, model, meta), "size_on_disk": size_record(weights_bytes(root / name))}

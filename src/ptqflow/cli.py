@@ -202,14 +202,14 @@ def _package_params(args: argparse.Namespace):
 def _serve(args: argparse.Namespace) -> None:
     import time
 
-    from .serve import HOST, free_port, model_uri_for, served
+    from .serve import HOST, SERVE_DIR, free_port, model_uri_for, served
     from .tracking import tracking_uri
 
     pkg = _package_params(args)
     uri = args.model_uri or model_uri_for(args.variant, pkg.registered_model, pkg.max_rows)
     port = args.port or free_port()
     print(f"serve: starting `mlflow models serve -m {uri} --env-manager local` on http://{HOST}:{port} ...", flush=True)
-    with served(uri, args.variant, port, env={"MLFLOW_TRACKING_URI": tracking_uri()}, log_dir=Path(".ptqflow/serve")) as server:
+    with served(uri, args.variant, port, env={"MLFLOW_TRACKING_URI": tracking_uri()}, log_dir=SERVE_DIR) as server:
         print(f"serve: ready at {server.url}/invocations (log: {server.log}); try:\n"
               f"  curl -s -X POST {server.url}/invocations -H 'Content-Type: application/json' "
               "-d '{\"dataframe_split\": {\"columns\": [\"text\"], \"data\": [[\"Stocks rallied on Friday\"]]}}'\n"
@@ -228,10 +228,11 @@ def _loadtest(args: argparse.Namespace) -> None:
     import time
 
     import mlflow
+    import torch
 
     from .io import write_json, write_text
     from .machine import command_line, environment
-    from .serve import LoadPlan, compare_servers, loadtest, markdown, model_uri_for, probe, served, test_texts
+    from .serve import SERVE_DIR, LoadPlan, compare_servers, loadtest, markdown, model_uri_for, probe, sample_texts, served
     from .tracking import tracking_uri
 
     pkg = _package_params(args)
@@ -245,15 +246,15 @@ def _loadtest(args: argparse.Namespace) -> None:
     if args.rounds < 1 or args.max_seconds <= 0 or min(clients) < 1:
         raise PtqflowError("--rounds and --clients must be >= 1 and --max-seconds > 0")
     plan = LoadPlan(clients=clients, rounds=args.rounds, max_seconds=args.max_seconds)
-    texts = test_texts(args.texts, args.seed)
+    texts = sample_texts(args.texts, args.seed)
     uris = {n: model_uri_for(n, pkg.registered_model, pkg.max_rows) for n in names}
     print(f"loadtest: {len(names)} servers, at most {plan.bound_s(len(names)) / 60:.1f} minutes of load", flush=True)
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(served(uri, n, env={"MLFLOW_TRACKING_URI": tracking_uri()}, log_dir=Path(".ptqflow/serve")))
+        servers = [stack.enter_context(served(uri, n, env={"MLFLOW_TRACKING_URI": tracking_uri()}, log_dir=SERVE_DIR))
                    for n, uri in uris.items()]
         probed = probe(servers[0].url, texts[:4], pkg.max_rows) if args.probe else []
         record = loadtest(servers, texts, plan, progress=lambda line: print(line, flush=True))
-    record.update(environment=environment(__import__("torch").device("cpu")), mlflow=mlflow.__version__, command=command_line(),
+    record.update(environment=environment(torch.device("cpu")), mlflow=mlflow.__version__, command=command_line(),
                   date=time.strftime("%Y-%m-%d"), baseline=args.baseline, servers=uris, texts=len(texts),
                   plan={"clients": list(plan.clients), "payloads": plan.payloads, "rounds": plan.rounds, "max_seconds": plan.max_seconds,
                         "requests_per_client": plan.requests_per_client, "min_requests": plan.min_requests},
@@ -367,14 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p.add_argument("--params", default="params.yaml", help="parameter file (its package section)")
     p.set_defaults(func=_serve)
+    from .serve import LoadPlan  # its defaults are the flags' (standard library only: --help stays quick)
+
     p = sub.add_parser("loadtest", help="serve variants side by side and load them: 1 / 4 / 16 closed-loop clients, single "
                        "rows and batches, bounded; then the malformed requests; JSON + markdown",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--variants", default="recommended,fp32", help="comma-separated: recommended and/or variants the report compared")
     p.add_argument("--baseline", default="fp32", help="the ratios of requests per second are against this one")
-    p.add_argument("--clients", default="1,4,16", help="concurrent clients per phase, comma-separated")
-    p.add_argument("--rounds", type=int, default=2, help="rounds, each running every phase on every server in a fresh seeded order")
-    p.add_argument("--max-seconds", type=float, default=12.0, help="the longest one phase may run")
+    p.add_argument("--clients", default=",".join(map(str, LoadPlan.clients)), help="concurrent clients per phase, comma-separated")
+    p.add_argument("--rounds", type=int, default=LoadPlan.rounds, help="rounds, each running every phase on every server in a "
+                   "fresh seeded order")
+    p.add_argument("--max-seconds", type=float, default=LoadPlan.max_seconds, help="the longest one phase may run")
     p.add_argument("--texts", type=int, default=64, help="seeded test rows the requests are made of")
     p.add_argument("--seed", type=int, default=0, help="seed of the rows and the orders")
     p.set_defaults(probe=True)  # before the flag, whose own default is SUPPRESS: --help says no "(default: True)"

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import PtqflowError
+from .inputs import MAX_ROWS
 
 PARAMS_FILE = "params.yaml"
 
@@ -182,9 +183,9 @@ class ReportParams:
 
 @dataclass
 class PackageParams:
-    variant: str = "fastest"  # smallest | fastest (the report's acceptable picks) | a variant name
+    variant: str = "fastest"  # smallest | fastest (the report's acceptable picks) | fastest:<profile> | a variant name
     registered_model: str | None = "ptqflow-classifier"  # MLflow Model Registry name; null: package without registering
-    max_rows: int = 256  # the served model's limit of rows per request (one request is answered at a time)
+    max_rows: int = MAX_ROWS  # the served model's limit of rows per request (one request is answered at a time)
 
     def __post_init__(self) -> None:
         check(bool(str(self.variant).strip()), "package.variant", "smallest, fastest or a variant name", self.variant)

@@ -24,7 +24,7 @@ import pandas as pd
 from datasets import Dataset, DatasetDict
 
 from .config import DataParams
-from .errors import PtqflowError
+from .errors import PtqflowError, warn
 
 SPLITS = ("train", "test")
 EXTENSIONS = (".csv", ".parquet", ".jsonl", ".json")
@@ -296,10 +296,8 @@ def prepare(params: DataParams, tokenizer, out_dir: str | Path, model_classes: l
         from . import labels
 
         order, notes = labels.match(model_classes, classes, label_map)
-        import sys
-
         for note in notes:
-            print(f"warning: {note}", file=sys.stderr)
+            warn(note)
         classes, mapping = labels.in_model_order(order, classes), labels.describe(order, model_classes, classes)
         splits = {name: df.assign(label=labels.relabel(df["label"], order)) for name, df in splits.items()}
     encoded = tokenize(splits, tokenizer, params.max_length, params.text_pair)

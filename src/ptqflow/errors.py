@@ -1,4 +1,4 @@
-"""One error type for problems a user can fix, and the wrapper that turns it into one line."""
+"""One error type for problems a user can fix, the wrapper that turns it into one line, and the one-line warning."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ class PtqflowError(Exception):
 class VariantSkipped(PtqflowError):
     """The variant cannot run here (the message says why: a device it needs, an architecture its runtime cannot
     take); it is reported as skipped, not failed, and the rest of the run goes on."""
+
+
+def warn(message: str) -> None:
+    """`warning: <message>` on stderr: something a user should know while the stage goes on."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from .errors import PtqflowError
+from .inputs import MAX_ROWS
 from .io import atomic_dir, read_json, write_json, write_text
 
 PICKS = ("smallest", "fastest")
@@ -51,7 +52,7 @@ def choose(comparison: dict, pick: str) -> tuple[str, str | None]:
 
 
 def package(pick: str, comparison_path: Path, artifacts_dir: Path, finetuned_dir: Path, eval_dir: Path,
-            prepared_meta: dict, out_dir: Path, max_rows: int = 256) -> dict:
+            prepared_meta: dict, out_dir: Path, max_rows: int = MAX_ROWS) -> dict:
     """Write `out_dir` (atomically) for the chosen variant, with the tokenizer the model was fine-tuned with (saved
     beside it in `finetuned_dir`: the pretrained model's own, or model.base's for a scratch model); returns package.json."""
     if not comparison_path.is_file():

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PtqflowError
+from .inputs import MAX_ROWS
 
 HOST = "127.0.0.1"  # loopback only: nothing else is ever a target
 
@@ -135,7 +136,13 @@ def stop(process: subprocess.Popen, grace_s: float = 15) -> None:
 # --------------------------------------------------------------------------------------------- requests
 def body(texts: list[str]) -> bytes:
     """A scoring request in MLflow's `dataframe_split` form with a `text` column."""
-    return json.dumps({"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}).encode()
+    return table([[t] for t in texts])
+
+
+def table(rows: list[list]) -> bytes:
+    """A `dataframe_split` request of a `text` column with these rows as they are (the bad requests put other
+    values than strings there)."""
+    return json.dumps({"dataframe_split": {"columns": ["text"], "data": rows}}).encode()
 
 
 def post(url: str, data: bytes, content_type: str = "application/json", timeout: float = 120) -> tuple[int, str]:
@@ -170,7 +177,6 @@ def labels_of(text: str) -> list | None:
 # ------------------------------------------------------------------------------------------ bad requests
 def bad_requests(good: str, max_rows: int) -> list[tuple[str, str, bytes, str]]:
     """(name, content type, body, what must happen) for each malformed request the served model must survive."""
-    table = lambda rows: json.dumps({"dataframe_split": {"columns": ["text"], "data": rows}}).encode()  # noqa: E731
     return [
         ("empty body", "application/json", b"", "4xx"),
         ("JSON of the wrong shape", "application/json", json.dumps({"texts": [good]}).encode(), "4xx"),
@@ -348,7 +354,7 @@ def compare_servers(results: dict, baseline: str) -> dict:
 SERVE_DIR = Path(".ptqflow/serve")  # under the project root: the MLflow model folders built for serving
 
 
-def model_uri_for(variant: str, registered: str | None = None, max_rows: int = 256) -> str:
+def model_uri_for(variant: str, registered: str | None = None, max_rows: int = MAX_ROWS) -> str:
     """What `mlflow models serve -m` takes for `variant`: `recommended` = the registered model's latest version when
     `registered` names one in the store, else models/recommended saved as an MLflow model folder; any other variant
     the report compared is packaged first (package.package into .ptqflow/serve/<variant>/), then saved likewise."""
@@ -383,7 +389,7 @@ def _registered(name: str) -> bool:
         return False
 
 
-def test_texts(count: int, seed: int = 0, prepared: Path = Path("data/prepared")) -> list[str]:
+def sample_texts(count: int, seed: int = 0, prepared: Path = Path("data/prepared")) -> list[str]:
     """`count` test rows' texts drawn with a seed (the online profile's kind of traffic: real texts, real lengths)."""
     import numpy as np
 

@@ -35,6 +35,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import warn
 from .io import project_root
 
 EXPERIMENT = "ptqflow"
@@ -59,9 +60,12 @@ def mlflow_key(name: Any) -> str:
 
     text = re.sub(r"[^A-Za-z0-9_\-.:/ ]", "_", str(name))
     text = "/".join(seg if seg not in ("", ".", "..") else "_" for seg in text.split("/"))
-    if len(text) > MAX_KEY:
-        text = text[: MAX_KEY - 10] + "-" + hashlib.sha256(str(name).encode()).hexdigest()[:9]
-    return text
+    return _hashed(text, name) if len(text) > MAX_KEY else text
+
+
+def _hashed(key: str, name: Any) -> str:
+    """`key` cut to fit MAX_KEY with a hash of the original `name` after it: distinct names stay distinct."""
+    return f"{key[: MAX_KEY - 10]}-{hashlib.sha256(str(name).encode()).hexdigest()[:9]}"
 
 
 def _keyed(items: dict[str, Any], taken: dict[str, str]) -> dict[str, Any]:
@@ -71,17 +75,10 @@ def _keyed(items: dict[str, Any], taken: dict[str, str]) -> dict[str, Any]:
     for name, value in items.items():
         key = mlflow_key(name)
         if taken.setdefault(key, str(name)) != str(name):
-            key = mlflow_key(f"{key[:MAX_KEY - 10]}-{hashlib.sha256(str(name).encode()).hexdigest()[:9]}")
+            key = _hashed(key, name)
             taken[key] = str(name)
         out[key] = value
     return out
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr (tracking problems: the stage goes on)."""
-    import sys
-
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def tracking_uri() -> str:

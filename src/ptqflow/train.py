@@ -131,16 +131,17 @@ def take_as_given(model_params: ModelParams, train_params: TrainParams, prepared
     are copied byte for byte (weights, config, tokenizer; training leftovers such as optimizer.pt are not), except
     config.json when the model had no pad token id (set to the tokenizer's, recorded). Returns reports/train.json."""
     from . import labels
-    from .modeling import load_given
+    from .modeling import load_config, load_given
 
     data, meta = load_prepared(prepared_dir)
-    mine = labels.model_labels(_config_of(model_params))
+    config = load_config(model_params)
+    mine = labels.model_labels(config)
     if meta.get("label_mapping") is None or list(meta["label_mapping"]) != mine:
         raise PtqflowError(f"{prepared_dir} was not prepared for {model_params.pretrained}'s classes ({', '.join(mine)}): "
                            "run `dvc repro prepare`")
     tokenizer = checked_tokenizer(model_params, meta["max_length"])
     model = load_given(model_params, tokenizer.pad_token_id)
-    changed = [] if model.config.pad_token_id == _config_of(model_params).pad_token_id else [
+    changed = [] if model.config.pad_token_id == config.pad_token_id else [
         f"config.json: pad_token_id set to {model.config.pad_token_id} (the tokenizer's pad token; the model had none)"]
     device = pick_device(train_params.device)
     args = _training_args(train_params, Path(work_dir) / "given", device)
@@ -172,12 +173,6 @@ def take_as_given(model_params: ModelParams, train_params: TrainParams, prepared
         "validation_rows": len(val),
         "torch": torch.__version__,
     }
-
-
-def _config_of(model_params: ModelParams):
-    from .modeling import load_config
-
-    return load_config(model_params)
 
 
 def _hand_on(source: str, model: torch.nn.Module, tokenizer, out_dir: str | Path, config_changed: bool) -> dict[str, str]:
